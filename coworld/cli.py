@@ -1,0 +1,60 @@
+"""The ``coworld`` command: one entry point, one subcommand per job.
+
+Each layer of the library owns its subcommands and adds them here through a
+``register(subparsers)`` function; the handler it sets (``func``) receives the
+parsed arguments and returns an exit code. Errors the user can fix are raised
+as :class:`coworld.errors.UserError` and printed as one line, without a
+traceback, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from coworld.errors import UserError
+
+# Modules that contribute subcommands, in the order they appear in --help.
+COMMAND_MODULES = [
+    "coworld.envs.commands",  # envs, doctor
+    "coworld.data.commands",  # data make | validate | info | ...
+    "coworld.run.commands",  # train, eval, bench, main
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coworld",
+        description="CoWorld and DreamerV2 baselines for offline visual RL.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that layer does not exist yet in this checkout
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"coworld: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coworld: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""The one way in for configuration.
+
+A run is described by a :class:`Config`: nested dataclasses whose every field is
+documented where it is declared. Presets are TOML files in ``coworld/presets``;
+each states where its values come from (paper table, the authors' released code,
+V-D4RL). A preset may ``extends = "other"`` another preset. Any value can be
+overridden with dotted ``section.key=value`` strings (the CLI's ``--set``).
+
+    cfg = load_config("tiny", overrides=["model.deter=64", "train.batch=8"])
+
+Values in ``--set`` are parsed as TOML literals (``64``, ``1e-4``, ``true``,
+``"text"``, ``[1, 2]``); a bare word that is not a TOML literal is taken as a
+string, so ``--set model.latent=discrete`` works without quotes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from coworld.errors import UserError
+
+
+class ConfigError(UserError):
+    """A preset or override is malformed; the message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    """DreamerV2 world model (SPEC section 3)."""
+
+    depth: int = 32  # conv encoder/decoder base channels d (layers d, 2d, 4d, 8d)
+    latent: str = "gaussian"  # "gaussian" (stoch dims) or "discrete" (stoch categoricals x classes)
+    stoch: int = 50  # Gaussian latent size, or number of categoricals when discrete
+    classes: int = 32  # classes per categorical (discrete latents only)
+    deter: int = 200  # GRU state size h
+    hidden: int = 200  # width of the RSSM's input/prior/posterior MLPs
+    layer_norm: bool = False  # LayerNorm inside the GRU cell (DMC configs use it)
+    min_std: float = 0.1  # Gaussian latents: std = 2*sigmoid(x/2) + min_std
+    units: int = 400  # width of reward / discount head MLPs
+    reward_layers: int = 2  # hidden layers of the reward head
+    discount_head: bool = False  # predict episode continuation (off in the paper configs)
+    discount_layers: int = 3
+    kl_balance: float = 0.8  # alpha_kl on KL(sg q || p); 1 - alpha on KL(q || sg p)
+    free_nats: float = 1.0  # applied to the batch-mean KL (SPEC 3)
+    kl_scale: float = 1.0
+    reward_scale: float = 1.0  # c_r: 1 for Meta-World / RoboDesk, 2 for DMC
+    discount_scale: float = 1.0
+    ensemble: int = 0  # Offline DV2: number of extra prior (transition) heads; 0 = plain DV2
+    lr: float = 3e-4  # world model Adam learning rate
+    weight_decay: float = 0.0
+
+
+@dataclass
+class BehaviourConfig:
+    """Actor-critic learning in imagination (SPEC section 4)."""
+
+    horizon: int = 15  # imagination steps H
+    gamma: float = 0.99  # discount (0.99 released code, 0.995 paper table)
+    lam: float = 0.95  # lambda of the lambda-return
+    actor_grad: str = "dynamics"  # "dynamics" | "reinforce" | "both" (mix, see actor_grad_mix)
+    actor_grad_mix: float = 0.1  # weight of the dynamics term when actor_grad == "both"
+    actor_ent: float = 1e-4  # eta_ent, entropy bonus
+    actor_layers: int = 4
+    actor_units: int = 400
+    actor_min_std: float = 0.1
+    critic_layers: int = 3
+    critic_units: int = 400
+    slow_critic_every: int = 100  # hard copy critic -> slow critic every N updates
+    actor_lr: float = 8e-5
+    critic_lr: float = 8e-5
+    eps: float = 1e-5  # Adam epsilon for all three optimizers
+    grad_clip: float = 100.0  # grad-norm clip for all three optimizers
+
+
+@dataclass
+class TrainConfig:
+    """Data, update schedule and run-time settings shared by all algorithms."""
+
+    batch: int = 16  # B sequences per update
+    length: int = 50  # L steps per sequence
+    sampling: str = "uniform"  # "uniform" (episode, then window) or "length" (weighted by length)
+    train_every: int = 5  # online: one update per this many agent steps
+    prefill: int = 5000  # online: random-action agent steps before training
+    pretrain: int = 100  # online: burst of updates on the first training call
+    expl_noise: float = 0.0  # extra Gaussian exploration noise on collected actions
+    eval_every: int = 10000  # agent steps (online) or updates (offline) between evaluations
+    eval_episodes: int = 10  # episodes per evaluation (actor's mean action)
+    log_every: int = 1000  # agent steps (online) or updates (offline) between scalar logs
+    checkpoint_every: int = 2000  # agent steps (online) or updates (offline) between checkpoints
+    video_every: int = 0  # evaluations between evaluation videos (0 = never)
+    offline_penalty: float = 0.0  # Offline DV2: reward penalty lambda on ensemble disagreement
+    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
+    amp: str = "none"  # mixed precision: "none" | "bf16" | "fp16"
+    compile: bool = False  # torch.compile the update functions
+    threads: int = 0  # torch CPU threads (0 = torch default)
+
+
+@dataclass
+class EnvConfig:
+    """Environment options passed to :func:`coworld.envs.make`."""
+
+    image_size: int = 64
+    action_repeat: int = 0  # 0 = the registered default of the environment
+    time_limit: int = 0  # agent steps per episode; 0 = the registered default
+    options: dict = field(default_factory=dict)  # extra keyword options for the env
+
+
+@dataclass
+class CoWorldConfig:
+    """CoWorld's collaborative terms and schedule (SPEC sections 5-9)."""
+
+    beta2: float = 1.0  # weight of the state-alignment KL, Eq. 3 (per-frame mean; see align_scale)
+    align_scale: str = "released"  # "released": multiply per-frame mean by L (sum over time, as released code)
+    alpha: float = 1.5  # weight of the min-max value term, Eq. 6 (1.5 released, 1 paper)
+    k: float = 0.3  # target-informed reward factor, Eq. 4: weight of the true target reward
+    eta_schedule: str = "linear"  # "linear" (paper: decay) or "frozen" (released code)
+    eta_start: float = 1.0
+    eta_floor: float = 0.2
+    eta_decay_steps: int = 200_000  # source agent steps over which eta decays linearly
+    eta_frozen: float = 0.975  # the released code's effective value when "frozen"
+    action_adapter: str = "pad"  # "pad": keep first min(A_S, A_T) dims, zero-pad the rest
+    warmup_blocks: int = 3  # source-only Dreamer blocks before any target training
+    block_steps: int = 10_000  # agent steps per source block
+    wm_warmup_rounds: int = 2  # rounds of [target world-model-only block, source block]
+    outer_iters: int = 6
+    target_blocks: int = 5  # target blocks per outer iteration (2 for DMC)
+    source_blocks: int = 2  # source blocks per outer iteration
+    # Ablations (paper Fig. 5): switch off a stage, or drop the max in stage C.
+    state_align: bool = True  # stage A
+    reward_align: bool = True  # stage B
+    value_constraint: bool = True  # stage C
+    no_max: bool = False  # "w/o max": alpha * v_T instead of alpha * max(v_T, sg v_S)
+
+
+@dataclass
+class Config:
+    preset: str = "default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    coworld: CoWorldConfig = field(default_factory=CoWorldConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        cfg = cls()
+        _apply(cfg, data, where="config")
+        return cfg
+
+
+def preset_names() -> list[str]:
+    root = resources.files("coworld.presets")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_preset(name: str) -> dict:
+    path = Path(name)
+    if path.suffix == ".toml" and path.exists():
+        text = path.read_text()
+    else:
+        res = resources.files("coworld.presets") / f"{name}.toml"
+        if not res.is_file():
+            raise ConfigError(
+                f"unknown preset {name!r}; available: {', '.join(preset_names())} "
+                "(or give a path to a .toml file)"
+            )
+        text = res.read_text()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {name!r} is not valid TOML: {exc}") from None
+
+
+def _resolve_preset(name: str, seen: tuple[str, ...] = ()) -> dict:
+    if name in seen:
+        raise ConfigError(f"preset inheritance loop: {' -> '.join(seen + (name,))}")
+    data = _read_preset(name)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    merged = _resolve_preset(parent, seen + (name,))
+    for section, values in data.items():
+        if isinstance(values, dict):
+            merged.setdefault(section, {}).update(values)
+        else:
+            merged[section] = values
+    return merged
+
+
+def _apply(obj: Any, data: dict, where: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown setting {where}.{key}; known: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}.{key} is a section; set its fields, e.g. {key}.<name>=...")
+            _apply(current, value, f"{where}.{key}")
+        else:
+            setattr(obj, key, _coerce(value, current, f"{where}.{key}"))
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if isinstance(current, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    if isinstance(current, dict):
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> dict:
+    """``"model.deter=64"`` -> ``{"model": {"deter": 64}}``."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. model.deter=64)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve a preset (with ``extends``) and apply ``section.key=value`` overrides."""
+    cfg = Config()
+    data = _resolve_preset(preset)
+    data.pop("source", None)  # provenance text; kept in the file, not in the config
+    _apply(cfg, data, where=preset)
+    cfg.preset = preset
+    for text in overrides:
+        _apply(cfg, parse_override(text), where="--set")
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    ("model", "latent"): ("gaussian", "discrete"),
+    ("behaviour", "actor_grad"): ("dynamics", "reinforce", "both"),
+    ("train", "sampling"): ("uniform", "length"),
+    ("train", "amp"): ("none", "bf16", "fp16"),
+    ("coworld", "eta_schedule"): ("linear", "frozen"),
+    ("coworld", "align_scale"): ("released", "per_frame"),
+    ("coworld", "action_adapter"): ("pad",),
+}
+
+
+def validate(cfg: Config) -> None:
+    for (section, key), choices in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in choices:
+            raise ConfigError(f"{section}.{key} must be one of {', '.join(choices)}; got {value!r}")
+    positive = [
+        ("train", "batch"), ("train", "length"), ("behaviour", "horizon"), ("model", "depth"),
+        ("model", "deter"), ("model", "stoch"), ("train", "train_every"),
+    ]
+    for section, key in positive:
+        if getattr(getattr(cfg, section), key) <= 0:
+            raise ConfigError(f"{section}.{key} must be positive")
