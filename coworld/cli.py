@@ -17,7 +17,8 @@ from coworld.errors import UserError
 
 # Modules that contribute subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
-    "coworld.envs.commands",  # envs, doctor
+    "coworld.envs.commands",  # envs
+    "coworld.envs.doctor",  # doctor
     "coworld.data.commands",  # data make | validate | info | ...
     "coworld.run.commands",  # train, eval, bench, main
 ]
