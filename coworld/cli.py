@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # that layer does not exist yet in this checkout
+            if exc.name and name.startswith(exc.name):  # layer not present in this checkout
                 continue
             raise
         module.register(sub)
