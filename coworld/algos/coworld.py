@@ -1,0 +1,268 @@
+"""CoWorld: collaborative world models for offline visual RL (NeurIPS 2024).
+
+Part 1 (this part): the three collaborative mechanisms and the multi-source
+selection, each next to the paper equation it implements (SPEC sections 2, 5-7, 9).
+
+    stage A  state alignment          Eq. 3    state_alignment_loss / state_alignment_hook
+    stage B  reward alignment         Eqs. 4-5 relabel_reward / eta_at / reward_alignment_hook
+    stage C  min-max value constraint Eq. 6    value_constraint_loss / value_constraint_hook
+    actions  source/target adapter    SPEC 2   ActionAdapter
+    multi    source selection         App. C   domain_distances / select_source
+
+The hook builders return the callables that plug into a DreamerAgent's updates:
+``world_model_step(batch, extra_loss=hook)`` and ``behaviour_step(post, critic_extra=hook)``.
+Each builder returns ``None`` when its stage is switched off in the config
+(the paper's ablations), so ``extra_loss=None`` simply runs a plain Dreamer update.
+
+Shapes follow docs/shapes.md: world-model sequences (B, L, ...), imagination (H + 1, N, ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from coworld.config import Config
+from coworld.errors import UserError
+
+# ---------------------------------------------------------------------------
+# Part 1: the collaborative mechanisms
+# ---------------------------------------------------------------------------
+
+
+def embedding_kl(source_embed: torch.Tensor, target_embed: torch.Tensor) -> torch.Tensor:
+    """Per-frame KL( softmax(sg e_S) || softmax(e_T) ), softmax over the embedding units.
+
+    source_embed, target_embed: (..., E). Returns (...,). The source side is detached,
+    so only ``target_embed`` can receive gradient.
+    """
+    log_p = F.log_softmax(source_embed.detach().float(), dim=-1)
+    log_q = F.log_softmax(target_embed.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+# --- Stage A: offline-to-online state alignment (Eq. 3, SPEC 5) -------------
+
+
+def state_alignment_loss(
+    target_embed: torch.Tensor, source_embed: torch.Tensor, beta2: float, scale: str
+) -> torch.Tensor:
+    """Eq. 3:  L_dom = beta_2 * KL( softmax(sg E_S(o^T)) || softmax(E_T(o^T)) ).
+
+    target_embed: E_T(o^T), (B, L, E), with gradient to the target encoder.
+    source_embed: E_S(o^T), (B, L, E), the source encoder on the same target frames;
+    it is detached here, so the source encoder never receives gradient.
+
+    The KL is averaged over frames, then multiplied by the ``align_scale`` factor:
+    "released" multiplies by L, which equals the authors' released code (sum over
+    the L time steps, mean over the batch); "per_frame" multiplies by 1.
+    """
+    per_frame = embedding_kl(source_embed, target_embed)  # (B, L)
+    if scale == "released":
+        factor = target_embed.shape[1]
+    elif scale == "per_frame":
+        factor = 1
+    else:
+        raise UserError(f"coworld.align_scale must be 'released' or 'per_frame'; got {scale!r}")
+    return beta2 * factor * per_frame.mean()
+
+
+def state_alignment_hook(source_agent, cfg: Config):
+    """Build ``extra_loss(out)`` for the TARGET agent's ``world_model_step`` (stage A).
+
+    The source encoder, frozen, embeds the target frames ``out["image"]``; the loss of
+    :func:`state_alignment_loss` is added to the target world-model loss, so only the
+    target encoder (``out["embed"]``) is pulled toward the source's embedding.
+    Returns ``None`` when ``cfg.coworld.state_align`` is off.
+    """
+    if not cfg.coworld.state_align:
+        return None
+
+    def extra_loss(out):
+        with torch.no_grad():
+            source_embed = source_agent.wm.encode(out["image"])
+        loss = state_alignment_loss(out["embed"], source_embed, cfg.coworld.beta2, cfg.coworld.align_scale)
+        return loss, {"coworld/align_loss": loss.detach()}
+
+    return extra_loss
+
+
+# --- Stage B: online-to-offline reward alignment (Eqs. 4-5, SPEC 7) -------
+
+
+def relabel_reward(pred_source_reward: torch.Tensor, true_target_reward: torch.Tensor, k: float) -> torch.Tensor:
+    """Eq. 4:  r~ = (1 - k) * sg(rhat_S(s'^T)) + k * r^T.
+
+    The source reward head's prediction on the target latents is mixed with the true
+    target reward; k (the "target-informed reward factor") weighs the true reward.
+    The result carries no gradient: it is a regression target.
+    """
+    return (1 - k) * pred_source_reward.detach() + k * true_target_reward
+
+
+def eta_at(source_step: int, cfg: Config) -> float:
+    """Eta of Eq. 5, the weight of the source's own reward NLL at a given source agent step.
+
+    "linear" (the paper: eta "gradually decreases"): from eta_start down to eta_floor,
+    linearly over eta_decay_steps source agent steps, then held at the floor.
+    "frozen": the constant eta_frozen (the released code never advances its counter).
+    """
+    c = cfg.coworld
+    if c.eta_schedule == "frozen":
+        return c.eta_frozen
+    if c.eta_schedule != "linear":
+        raise UserError(f"coworld.eta_schedule must be 'linear' or 'frozen'; got {c.eta_schedule!r}")
+    frac = min(max(source_step, 0) / max(c.eta_decay_steps, 1), 1.0)
+    return c.eta_start + frac * (c.eta_floor - c.eta_start)
+
+
+def reward_nll(pred_mean: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of ``reward`` under a unit-variance Gaussian at ``pred_mean``."""
+    return (0.5 * (reward - pred_mean) ** 2).mean() + 0.5 * math.log(2 * math.pi)
+
+
+def reward_alignment_extra(
+    nll_source: torch.Tensor, nll_target: torch.Tensor, eta: float, reward_scale: float
+) -> torch.Tensor:
+    """The amount added to the source world-model loss so that its reward term becomes Eq. 5.
+
+    The agent's own loss already holds c_r * NLL_S. Adding
+        (eta - 1) * c_r * NLL_S + (1 - eta) * c_r * NLL_T
+    turns it into
+        c_r * [ eta * NLL(r^S | rhat_S(s^S)) + (1 - eta) * NLL(r~ | rhat_S(s'^T)) ].
+    """
+    return reward_scale * ((eta - 1) * nll_source + (1 - eta) * nll_target)
+
+
+def reward_alignment_hook(source_agent, target_batch: dict, eta: float, cfg: Config, adapter: "ActionAdapter"):
+    """Build ``extra_loss(out)`` for the SOURCE agent's ``world_model_step`` (stage B).
+
+    On the target batch (o^T, a^T, r^T) the source encoder and RSSM run WITH gradient
+    (target actions mapped through ``adapter``) to give s'^T; the source reward head's
+    prediction there is relabelled with Eq. 4 and regressed onto (the NLL_T term), and
+    the source's own reward NLL is rescaled by eta (see :func:`reward_alignment_extra`).
+    Image and KL losses stay on the source batch only: the target pass adds nothing else.
+    Returns ``None`` when ``cfg.coworld.reward_align`` is off.
+    """
+    if not cfg.coworld.reward_align:
+        return None
+    wm = source_agent.wm
+
+    def extra_loss(out):
+        # NLL_S: the source's own reward term, recomputed on the source posterior features
+        # exactly as the agent's loss computes it.
+        nll_source = reward_nll(wm.reward(out["feat"]), out["reward"])
+        # NLL_T: the source model on the target batch (gradient reaches encoder, RSSM, head).
+        embed = wm.encode(target_batch["image"])
+        action = adapter(target_batch["action"])
+        post, _ = wm.observe(embed, action, target_batch["is_first"])
+        pred = wm.reward(wm.feat(post))  # (B, L)
+        relabelled = relabel_reward(pred, target_batch["reward"], cfg.coworld.k)
+        nll_target = reward_nll(pred, relabelled)
+        loss = reward_alignment_extra(nll_source, nll_target, eta, cfg.model.reward_scale)
+        metrics = {
+            "coworld/eta": torch.tensor(eta),
+            "coworld/reward_nll_source": nll_source.detach(),
+            "coworld/reward_nll_target": nll_target.detach(),
+            "coworld/relabelled_reward": relabelled.mean(),
+        }
+        return loss, metrics
+
+    return extra_loss
+
+
+# --- Stage C: min-max value constraint (Eq. 6, SPEC 6) ----------------------
+
+
+def value_constraint_loss(
+    v_target: torch.Tensor, v_source: torch.Tensor, weight: torch.Tensor, alpha: float, no_max: bool = False
+) -> torch.Tensor:
+    """The extra term of Eq. 6:  alpha * mean( w_t * max(v_T(s_t), sg v_S(s_t)) ).
+
+    Where the frozen source critic values a state at least as high as the target critic,
+    the max picks the constant sg v_S and the term gives no gradient; where v_T is higher,
+    the gradient alpha * w_t / n pushes v_T down. ``no_max`` is the paper's "w/o max"
+    ablation: alpha * mean(w_t * v_T), which pushes every value down.
+    v_target, v_source, weight: same shape, e.g. (H, N).
+    """
+    if no_max:
+        capped = v_target
+    else:
+        # torch.where, not torch.maximum: at a tie the gradient goes wholly to sg v_S (none to v_T).
+        v_source = v_source.detach()
+        capped = torch.where(v_target > v_source, v_target, v_source)
+    return alpha * (weight.detach() * capped).mean()
+
+
+def value_constraint_hook(source_agent, cfg: Config):
+    """Build ``critic_extra(imag)`` for the TARGET agent's ``behaviour_step`` (stage C).
+
+    The source critic, frozen, is evaluated on the target's imagined features; the
+    term of :func:`value_constraint_loss` is taken over the same steps as the critic
+    regression (the states that have a lambda-return target).
+    Returns ``None`` when ``cfg.coworld.value_constraint`` is off.
+    """
+    if not cfg.coworld.value_constraint:
+        return None
+
+    def critic_extra(imag):
+        steps = imag["target"].shape[0]  # critic regresses on the first `steps` states
+        feat = imag["feat"][:steps].detach()
+        with torch.no_grad():
+            v_source = source_agent.critic(feat)
+        v_target = imag["value"][:steps]
+        weight = imag["weight"][:steps]
+        loss = value_constraint_loss(v_target, v_source, weight, cfg.coworld.alpha, cfg.coworld.no_max)
+        metrics = {
+            "coworld/value_constraint": loss.detach(),
+            "coworld/source_value": v_source.mean(),
+            "coworld/capped_frac": (v_target.detach() > v_source).float().mean(),
+        }
+        return loss, metrics
+
+    return critic_extra
+
+
+# --- Action adapter (SPEC 2) ------------------------------------------------
+
+
+class ActionAdapter:
+    """Maps target actions (..., A_T) into the source action space (..., A_S).
+
+    "pad" (the only mode): keep the first min(A_S, A_T) dimensions, zero-pad the rest.
+    """
+
+    def __init__(self, source_dim: int, target_dim: int):
+        self.source_dim = source_dim
+        self.target_dim = target_dim
+
+    def __call__(self, action: torch.Tensor) -> torch.Tensor:
+        if action.shape[-1] != self.target_dim:
+            raise UserError(
+                f"action adapter expects target actions with {self.target_dim} dims, got {action.shape[-1]}; "
+                "check that the target dataset matches the target environment"
+            )
+        keep = min(self.source_dim, self.target_dim)
+        out = action.new_zeros(*action.shape[:-1], self.source_dim)
+        out[..., :keep] = action[..., :keep]
+        return out
+
+
+# --- Multi-source selection (paper Appendix C, SPEC 9) ----------------------
+
+
+@torch.no_grad()
+def domain_distances(target_agent, source_agents, target_images: torch.Tensor) -> torch.Tensor:
+    """D_i = per-frame mean KL( softmax(sg E_Si(o^T)) || softmax(E_T(o^T)) ), one per source.
+
+    target_images: (B, L, 64, 64, 3) uint8 target frames. Returns (K,) for K sources.
+    """
+    target_embed = target_agent.wm.encode(target_images)
+    return torch.stack([embedding_kl(src.wm.encode(target_images), target_embed).mean() for src in source_agents])
+
+
+def select_source(distances: torch.Tensor) -> int:
+    """The closest source: argmin_i D_i (one-hot weights over the K candidates)."""
+    return int(torch.argmin(distances))
