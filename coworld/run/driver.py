@@ -1,0 +1,162 @@
+"""Environment interaction: the collector and evaluation.
+
+:class:`Collector` steps one environment with a policy (random actions or an
+agent), records each finished episode into a :class:`~coworld.data.replay.Replay`
+and can be checkpointed at ANY step, also mid-episode: every episode is reset
+with a seed from a fixed stream (``seed``, episode index), and the checkpoint
+keeps the actions taken so far in the current episode. Restoring resets the env
+with the same seed and replays those actions, which rebuilds the env state and
+the partial episode exactly for any deterministic simulator, without pickling
+simulator objects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from coworld.data.episodes import EpisodeBuilder
+from coworld.run.checkpoint import generator_state, set_generator_state
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The env seed of episode ``index`` of a run seeded ``seed`` (a fixed stream)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def _batch(obs: dict) -> dict:
+    return {k: np.asarray(v)[None] for k, v in obs.items()}
+
+
+class Collector:
+    def __init__(self, env, replay, *, seed: int, action_dim: int):
+        self.env = env
+        self.replay = replay
+        self.seed = seed
+        self.action_dim = action_dim
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+        self.steps = 0  # agent steps taken in total
+        self.episodes = 0  # episodes finished
+        self.builder = EpisodeBuilder(action_dim)
+        self.actions: list[np.ndarray] = []  # actions of the current episode (for restoring)
+        self.obs = None
+        self.policy_state = None
+        self.ep_return = 0.0
+        self.last_episode: dict | None = None  # summary of the latest finished episode
+
+    # -- stepping ---------------------------------------------------------------------------
+    def _begin(self) -> None:
+        self.obs, _ = self.env.reset(seed=episode_seed(self.seed, self.episodes))
+        self.builder.reset(self.obs)
+        self.actions = []
+        self.policy_state = None
+        self.ep_return = 0.0
+
+    def step(self, agent=None, explore: bool = True, noise: float = 0.0) -> dict | None:
+        """Take one agent step: random actions when ``agent`` is None.
+
+        Returns a summary dict when this step finished an episode, else None.
+        """
+        if self.obs is None:
+            self._begin()
+        is_first = not self.actions
+        if agent is None:
+            action = self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+        else:
+            if self.policy_state is None:
+                self.policy_state = agent.initial_policy_state(1)
+            act, self.policy_state = agent.act(
+                _batch(self.obs), self.policy_state, np.array([is_first]), explore=explore
+            )
+            action = act[0]
+            if noise > 0:
+                action = action + noise * self.rng.standard_normal(self.action_dim).astype(np.float32)
+        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+        return self._advance(action)
+
+    def _advance(self, action: np.ndarray, record: bool = True) -> dict | None:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.builder.step(action, obs, reward, terminated, truncated, info)
+        self.actions.append(action)
+        self.obs = obs
+        self.ep_return += float(reward)
+        if not record:
+            return None
+        self.steps += 1
+        if not (terminated or truncated):
+            return None
+        episode = self.builder.episode()
+        self.replay.add_episode(episode)
+        self.episodes += 1
+        summary = {"return": self.ep_return, "length": len(self.actions)}
+        if "success" in episode:
+            summary["success"] = float(np.any(episode["success"]))
+        self.last_episode = summary
+        self.obs = None
+        return summary
+
+    # -- checkpointing ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        actions = np.stack(self.actions) if self.actions else np.zeros((0, self.action_dim), np.float32)
+        state = {
+            "steps": self.steps,
+            "episodes": self.episodes,
+            "rng": generator_state(self.rng),
+            "in_episode": self.obs is not None,
+            "actions": torch.from_numpy(actions),
+            "policy_state": self.policy_state,
+            "last_episode": self.last_episode,
+        }
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = state["steps"]
+        self.episodes = state["episodes"]
+        set_generator_state(self.rng, state["rng"])
+        self.last_episode = state["last_episode"]
+        self.obs = None
+        if state["in_episode"]:
+            self._begin()
+            for action in state["actions"].numpy():
+                self._advance(action.astype(np.float32), record=False)
+            self.policy_state = state["policy_state"]
+
+
+@torch.no_grad()
+def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False) -> dict:
+    """Run ``episodes`` episodes with the actor's mean action (SPEC 11 protocol).
+
+    Uses its own seed stream and a forked torch RNG, so evaluating never changes
+    the course of training. Returns per-episode returns/lengths (and success where
+    the env reports it) and, with ``video``, the frames of the first episode.
+    """
+    returns, lengths, successes, frames = [], [], [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i in range(episodes):
+            obs, _ = env.reset(seed=episode_seed(seed, 1_000_000 + i))
+            state = agent.initial_policy_state(1)
+            is_first, done, total, length, success = True, False, 0.0, 0, None
+            while not done:
+                if video and i == 0:
+                    frames.append(obs["image"])
+                action, state = agent.act(_batch(obs), state, np.array([is_first]), explore=False)
+                obs, reward, terminated, truncated, info = env.step(action[0])
+                is_first = False
+                total += float(reward)
+                length += 1
+                done = terminated or truncated
+                if "success" in info:
+                    success = bool(success) or bool(info["success"])
+            if video and i == 0:
+                frames.append(obs["image"])
+            returns.append(total)
+            lengths.append(length)
+            if success is not None:
+                successes.append(float(success))
+    out = {"returns": returns, "lengths": lengths}
+    if successes:
+        out["successes"] = successes
+    if video:
+        out["frames"] = np.stack(frames)
+    return out

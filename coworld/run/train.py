@@ -1,0 +1,145 @@
+"""Training loops for the single-agent algorithms: online Dreamer and Offline DV2.
+
+Units of ``steps``: agent (environment) steps for online Dreamer, gradient
+updates for the offline algorithms. Every loop body is ordered
+[act/update -> evaluate -> log -> checkpoint], and a checkpoint is written at
+the end of a loop iteration, so a resumed run continues exactly where the saved
+one would have; evaluation runs on its own RNG stream and never changes training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from coworld import envs
+from coworld.data.replay import Replay
+from coworld.run.driver import Collector, evaluate
+from coworld.run.session import Session
+
+
+def make_env(cfg, env_id: str, seed: int | None = None):
+    opts = dict(cfg.env.options)
+    if cfg.env.action_repeat:
+        opts["action_repeat"] = cfg.env.action_repeat
+    if cfg.env.time_limit:
+        opts["time_limit"] = cfg.env.time_limit
+    return envs.make(env_id, image_size=cfg.env.image_size, seed=seed, **opts)
+
+
+def summarize(values) -> dict:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "min": float(arr.min()), "max": float(arr.max())}
+
+
+class Periodic:
+    """Fires when a counter crosses a multiple of ``every`` (0 = never); stateless, so resume-safe."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def __call__(self, before: int, after: int) -> bool:
+        return self.every > 0 and after // self.every > before // self.every
+
+
+def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", video: bool = False) -> dict:
+    cfg = session.cfg
+    result = evaluate(agent, env, episodes=cfg.train.eval_episodes, seed=cfg.seed + 10_000 + step, video=video)
+    stats = summarize(result["returns"])
+    metrics = {"return": stats["mean"], "return_std": stats["std"]}
+    if "successes" in result:
+        metrics["success"] = float(np.mean(result["successes"]))
+    session.logger.scalars(step, metrics, prefix=f"{tag}/")
+    if video and "frames" in result:
+        session.logger.video(step, f"{tag}_policy", result["frames"])
+    session.logger.write(f"[{tag} @ {step}] return {stats['mean']:.1f} +- {stats['std']:.1f} "
+                         f"over {cfg.train.eval_episodes} episodes")
+    return metrics
+
+
+def log_train(session: Session, step: int, metrics: dict, extra: dict) -> None:
+    values = session.logger.scalars(step, {**metrics, **extra}, prefix="train/")
+    session.logger.progress(step, **{k: values[f"train/{k}"] for k in ("return",) if f"train/{k}" in values})
+
+
+def train_dreamer(session: Session, agent, env_id: str) -> int:
+    """Online DreamerV2 (SPEC 4, 8): prefill, train every k steps, first-call burst, replay on disk."""
+    cfg = session.cfg
+    env = make_env(cfg, env_id)
+    eval_env = make_env(cfg, env_id)
+    replay = Replay(session.dir / "replay", seed=cfg.seed, readonly=False)
+    collector = Collector(env, replay, seed=cfg.seed, action_dim=agent.action_dim)
+    components = {"agent": agent, "replay": replay, "collector": collector}
+    counters = {"pretrained": False}
+    counters.update(session.restore(components))
+    logger = session.start(collector.steps)
+    do_eval, do_log = Periodic(cfg.train.eval_every), Periodic(cfg.train.log_every)
+    do_ckpt = Periodic(cfg.train.checkpoint_every)
+    metrics: dict = {}
+    evals = 0
+    logger.rate("env", collector.steps)
+    logger.rate("updates", agent.updates)
+    while collector.steps < session.total and not session.stopping:
+        before = collector.steps
+        episode = collector.step(agent if before >= cfg.train.prefill else None, noise=cfg.train.expl_noise)
+        if episode:
+            logger.scalars(collector.steps, episode, prefix="episode/")
+        if collector.steps >= cfg.train.prefill and replay.num_episodes > 0:
+            n = 0
+            if not counters["pretrained"]:
+                n, counters["pretrained"] = cfg.train.pretrain, True
+            elif collector.steps % cfg.train.train_every == 0:
+                n = 1
+            for _ in range(n):
+                metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device))
+        after = collector.steps
+        if do_eval(before, after):
+            evals += 1
+            video = bool(cfg.train.video_every) and evals % cfg.train.video_every == 0
+            run_evaluation(session, agent, eval_env, after, video=video)
+        if do_log(before, after) and metrics:
+            extra = {"env_steps_per_s": logger.rate("env", after), "updates_per_s": logger.rate("updates", agent.updates),
+                     "updates": agent.updates, "replay_steps": replay.num_steps}
+            if collector.last_episode:
+                extra["return"] = collector.last_episode["return"]
+            log_train(session, after, metrics, {k: v for k, v in extra.items() if v is not None})
+        logger.progress(after)
+        if do_ckpt(before, after):
+            session.save(components, counters, metrics)
+    if not session.stopping:
+        run_evaluation(session, agent, eval_env, collector.steps)
+    return session.finish(components, counters)
+
+
+def train_offline(session: Session, agent, dataset: str | Path, env_id: str | None) -> int:
+    """Offline training on a fixed dataset (Offline DV2, or plain DV2 with penalty 0).
+
+    The environment, when given, is used only for evaluation.
+    """
+    cfg = session.cfg
+    replay = Replay(dataset, seed=cfg.seed)
+    if replay.action_dim != agent.action_dim:
+        raise AssertionError("agent built with the wrong action dimension")
+    eval_env = make_env(cfg, env_id) if env_id else None
+    components = {"agent": agent, "replay": replay}
+    session.restore(components)
+    logger = session.start(agent.updates)
+    do_eval, do_log = Periodic(cfg.train.eval_every), Periodic(cfg.train.log_every)
+    do_ckpt = Periodic(cfg.train.checkpoint_every)
+    metrics: dict = {}
+    logger.rate("updates", agent.updates)
+    while agent.updates < session.total and not session.stopping:
+        before = agent.updates
+        metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device))
+        after = agent.updates
+        if eval_env is not None and do_eval(before, after):
+            run_evaluation(session, agent, eval_env, after)
+        if do_log(before, after):
+            log_train(session, after, metrics, {"updates_per_s": logger.rate("updates", after) or 0.0})
+        logger.progress(after)
+        if do_ckpt(before, after):
+            session.save(components, {}, metrics)
+    if eval_env is not None and not session.stopping:
+        run_evaluation(session, agent, eval_env, agent.updates)
+    return session.finish(components, {})
