@@ -1,0 +1,5 @@
+import sys
+
+from coworld.cli import main
+
+sys.exit(main())
