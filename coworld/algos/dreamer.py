@@ -1,0 +1,307 @@
+"""The DreamerV2 agent: a world-model step (SPEC 3) and behaviour learning in imagination (SPEC 4).
+
+Reward / state convention used throughout imagination (time-major, H + 1 states s_0..s_H):
+the reward head at state s_t predicts the reward received on *entering* s_t (as in the data,
+where reward[t] arrives with image[t]). The reward of the transition s_t -> s_{t+1} is
+therefore the head's output at s_{t+1}; :func:`lambda_return` takes those H transition
+rewards, ``reward[t]`` belonging to s_t -> s_{t+1}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from coworld.config import Config
+from coworld.errors import UserError
+from coworld.nets import Actor, Critic, WorldModel
+
+
+def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -> Tensor:
+    """TD(lambda) targets in forward time order (SPEC 4):
+
+        R_t = reward[t] + discount[t] * ((1 - lam) * value[t + 1] + lam * R_{t + 1}),
+        R_H = value[H]  (bootstrap with the value of the last imagined state).
+
+    reward (H, N): reward of the transition s_t -> s_{t+1}; value (H + 1, N): v(s_0..s_H);
+    discount (H, N): discount of that transition (gamma, times the predicted continuation).
+    Returns (H, N): R_0..R_{H-1}, R_t belonging to state s_t.
+    """
+    ret = value[-1]
+    out = []
+    for t in reversed(range(reward.shape[0])):
+        ret = reward[t] + discount[t] * ((1 - lam) * value[t + 1] + lam * ret)
+        out.append(ret)
+    return torch.stack(out[::-1])
+
+
+def discount_weights(discount: Tensor) -> Tensor:
+    """w_0 = 1, w_t = prod_{i < t} discount[i] (SPEC 4): (H, N) -> (H + 1, N), detached."""
+    ones = torch.ones_like(discount[:1])
+    return torch.cumprod(torch.cat([ones, discount], 0), 0).detach()
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device} was asked for but CUDA is not available; use --set train.device=cpu")
+    return device
+
+
+class Optimizer:
+    """Adam (decoupled weight decay when > 0) with grad-norm clipping and, for fp16, loss scaling."""
+
+    def __init__(self, params, lr, eps, clip, weight_decay=0.0, scaler=False, device="cpu"):
+        self.params = list(params)
+        self.opt = torch.optim.AdamW(self.params, lr=lr, eps=eps, weight_decay=weight_decay)
+        self.clip = clip
+        self.scaler = torch.amp.GradScaler(torch.device(device).type) if scaler else None
+
+    def step(self, loss: Tensor) -> Tensor:
+        """Backward, clip, step. Returns the gradient norm before clipping (a tensor, no sync)."""
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            norm = nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.opt.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            norm = nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        return norm.detach()
+
+    def state_dict(self) -> dict:
+        d = {"opt": self.opt.state_dict()}
+        if self.scaler is not None:
+            d["scaler"] = self.scaler.state_dict()
+        return d
+
+    def load_state_dict(self, d: dict) -> None:
+        self.opt.load_state_dict(d["opt"])
+        if self.scaler is not None and "scaler" in d:
+            self.scaler.load_state_dict(d["scaler"])
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module):
+    """Parameters get no gradient inside the block; gradients still flow through the module."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+class DreamerAgent(nn.Module):
+    """DreamerV2: world model, actor, critic, slow critic and their optimizers (SPEC 3-4)."""
+
+    def __init__(self, cfg: Config, action_dim: int, device="cpu"):
+        super().__init__()
+        self.cfg, self.action_dim = cfg, int(action_dim)
+        self.device = resolve_device(device)
+        m, b = cfg.model, cfg.behaviour
+        self.wm = WorldModel(cfg, self.action_dim)
+        F = self.wm.feat_dim
+        self.actor = Actor(F, self.action_dim, b.actor_units, b.actor_layers, b.actor_min_std)
+        self.critic = Critic(F, b.critic_units, b.critic_layers)
+        self.slow_critic = Critic(F, b.critic_units, b.critic_layers)
+        self.slow_critic.load_state_dict(self.critic.state_dict())
+        self.slow_critic.requires_grad_(False)
+        self.to(self.device)
+
+        amp = cfg.train.amp
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        scaler = amp == "fp16"
+        opt = dict(eps=b.eps, clip=b.grad_clip, scaler=scaler, device=self.device)
+        self.model_opt = Optimizer(self.wm.parameters(), m.lr, weight_decay=m.weight_decay, **opt)
+        self.actor_opt = Optimizer(self.actor.parameters(), b.actor_lr, **opt)
+        self.critic_opt = Optimizer(self.critic.parameters(), b.critic_lr, **opt)
+        self.updates = 0
+        if cfg.train.compile:
+            for module in (self.wm.encoder, self.wm.decoder, self.wm.rssm.cell, self.actor):
+                module.compile()
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------ world model
+
+    def world_model_step(self, batch: dict[str, Tensor], extra_loss=None) -> tuple[dict, dict]:
+        """One world-model gradient step on a (B, L) batch. ``extra_loss(out) -> (loss, metrics)``
+        is added to the world-model loss before backward. Returns (detached posterior, metrics)."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self.autocast():
+            loss, out, metrics = self.wm.loss(batch)
+            if extra_loss is not None:
+                extra, extra_metrics = extra_loss(out)
+                loss = loss + extra.float()
+                metrics.update(extra_metrics)
+        metrics["model/loss"] = loss.detach()
+        metrics["model/grad_norm"] = self.model_opt.step(loss)
+        post = {k: v.detach() for k, v in out["post"].items()}
+        return post, metrics
+
+    # ------------------------------------------------------------------ behaviour
+
+    def imagine(self, start: dict[str, Tensor], horizon: int) -> dict:
+        """Roll the prior H steps from ``start`` (N, …) with actor samples (SPEC 4).
+
+        Returns time-major "state" dict (H + 1, N, …), "feat" (H + 1, N, F), "action"
+        (H, N, A) (action[t] taken in s_t), "logp" and "entropy" (H, N) of the policy at s_t.
+        Actions fed to the model are clipped to [-1, 1] with a straight-through gradient,
+        so the model only sees actions of the range it was trained on.
+        """
+        states, actions, logps, ents = [start], [], [], []
+        state = start
+        for _ in range(horizon):
+            dist = self.actor(self.wm.feat(state).detach())
+            action = dist.rsample()
+            logps.append(dist.log_prob(action.detach()))
+            ents.append(dist.entropy())
+            action = action + (action.clamp(-1, 1) - action).detach()
+            state = self.imagine_step(state, action)
+            states.append(state)
+            actions.append(action)
+        state = {k: torch.stack([s[k] for s in states]) for k in start}
+        return {
+            "state": state, "feat": self.wm.feat(state), "action": torch.stack(actions),
+            "logp": torch.stack(logps), "entropy": torch.stack(ents),
+        }
+
+    def imagine_step(self, state: dict, action: Tensor) -> dict:
+        """One imagined transition; OfflineDV2 picks an ensemble member here."""
+        return self.wm.rssm.img_step(state, action)
+
+    def imagined_reward(self, imag: dict) -> Tensor:
+        """Reward predicted at each imagined state (H + 1, N); see the module docstring."""
+        return self.wm.reward(imag["feat"])
+
+    def behaviour_step(self, post: dict, critic_extra=None) -> dict:
+        """Imagine from every posterior state and update the actor, then the critic (SPEC 4).
+
+        ``critic_extra(imag) -> (loss, metrics)`` is added to the critic loss; ``imag`` then
+        holds "feat" (H + 1, N, F) detached, "value" (H + 1, N) with grad, "weight"
+        (H + 1, N) and "target" (H, N).
+        """
+        b = self.cfg.behaviour
+        start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}
+        with frozen(self.wm), self.autocast():
+            imag = self.imagine(start, b.horizon)
+            reward = self.imagined_reward(imag).float()[1:]  # (H, N): transition rewards
+            discount = b.gamma * self.wm.continuation(imag["feat"][1:])
+            value = self.slow_critic(imag["feat"])  # (H + 1, N)
+            target = lambda_return(reward, value, discount, b.lam)
+            weight = discount_weights(discount)
+            if b.actor_grad == "dynamics":
+                objective = target
+            else:
+                advantage = (target - value[:-1]).detach()
+                objective = imag["logp"] * advantage
+                if b.actor_grad == "both":
+                    mix = b.actor_grad_mix
+                    objective = mix * target + (1 - mix) * objective
+            actor_loss = -(weight[:-1] * (objective + b.actor_ent * imag["entropy"])).mean()
+        metrics = {
+            "actor/loss": actor_loss.detach(),
+            "actor/entropy": imag["entropy"].mean().detach(),
+            "actor/grad_norm": self.actor_opt.step(actor_loss),
+            "imag/reward": reward.mean().detach(),
+            "imag/value": value.mean().detach(),
+            "imag/return": target.mean().detach(),
+        }
+
+        crit = {
+            "feat": imag["feat"].detach(), "weight": weight, "target": target.detach(),
+            "state": {k: v.detach() for k, v in imag["state"].items()},
+        }
+        with self.autocast():
+            crit["value"] = self.critic(crit["feat"])
+            critic_loss = (weight[:-1] * 0.5 * (crit["value"][:-1] - crit["target"]) ** 2).mean()
+            if critic_extra is not None:
+                extra, extra_metrics = critic_extra(crit)
+                critic_loss = critic_loss + extra.float()
+                metrics.update(extra_metrics)
+        metrics["critic/loss"] = critic_loss.detach()
+        metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
+        return metrics
+
+    def update(self, batch: dict[str, Tensor]) -> dict:
+        """World-model step, behaviour step, and the slow-critic hard copy every N updates."""
+        post, metrics = self.world_model_step(batch)
+        metrics.update(self.behaviour_step(post))
+        self.finish_update()
+        return metrics
+
+    def finish_update(self) -> None:
+        """Count an update; copy critic -> slow critic every ``slow_critic_every`` updates."""
+        self.updates += 1
+        if self.updates % self.cfg.behaviour.slow_critic_every == 0:
+            self.slow_critic.load_state_dict(self.critic.state_dict())
+
+    # ------------------------------------------------------------------ acting
+
+    def initial_policy_state(self, n: int):
+        """(latent state, previous action) for n parallel environments."""
+        return self.wm.rssm.initial(n, self.device), torch.zeros(n, self.action_dim, device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], state, is_first: np.ndarray, explore: bool):
+        """obs["image"] (N, 64, 64, 3) uint8 -> actions (N, A) float32 in [-1, 1], new state.
+        explore=False takes the actor's mean (tanh of the mean output)."""
+        latent, prev_action = state
+        image = torch.as_tensor(obs["image"], device=self.device)
+        is_first = torch.as_tensor(np.asarray(is_first, dtype=bool), device=self.device)
+        with self.autocast():
+            embed = self.wm.encode(image)
+            latent = self.wm.rssm.obs_step(latent, prev_action, embed, is_first)
+            dist = self.actor(self.wm.feat(latent))
+            action = dist.sample() if explore else dist.mean
+        action = action.float().clamp(-1, 1)
+        latent = {k: v.float() for k, v in latent.items()}
+        return action.cpu().numpy().astype(np.float32), (latent, action)
+
+    def value(self, feat: Tensor) -> Tensor:
+        """Critic value v(feat) (…)."""
+        return self.critic(feat)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_state(self) -> dict:
+        """Weights, optimizer states and the update counter; loadable with weights_only=True."""
+        return {
+            "wm": self.wm.state_dict(),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "slow_critic": self.slow_critic.state_dict(),
+            "model_opt": self.model_opt.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "updates": self.updates,
+        }
+
+    def load_checkpoint_state(self, d: dict) -> None:
+        try:
+            self.wm.load_state_dict(d["wm"])
+            self.actor.load_state_dict(d["actor"])
+            self.critic.load_state_dict(d["critic"])
+            self.slow_critic.load_state_dict(d["slow_critic"])
+        except RuntimeError as exc:
+            raise UserError(
+                "checkpoint does not match this agent's configuration (network sizes or action "
+                f"dimension differ); load it with the config it was saved with. Details: {exc}"
+            ) from None
+        self.model_opt.load_state_dict(d["model_opt"])
+        self.actor_opt.load_state_dict(d["actor_opt"])
+        self.critic_opt.load_state_dict(d["critic_opt"])
+        self.updates = int(d["updates"])

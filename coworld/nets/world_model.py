@@ -1,0 +1,348 @@
+"""The DreamerV2 world model: conv encoder, RSSM, conv decoder, reward / discount heads.
+
+Everything follows SPEC section 3. Shapes use the letters of docs/shapes.md. A latent
+state is a dict with ``deter (…, D)``, ``stoch (…, Z)`` (flattened) and the parameters
+of its distribution: ``mean``/``std`` (Gaussian) or ``logits (…, stoch, classes)``
+(discrete). Distributions are always evaluated in float32, also under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from coworld.config import Config, ModelConfig
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def mlp(inp: int, out: int, units: int, layers: int) -> nn.Sequential:
+    """``layers`` hidden Linear+ELU layers of width ``units``, then a linear output."""
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [nn.Linear(inp, units), nn.ELU()]
+        inp = units
+    mods.append(nn.Linear(inp, out))
+    return nn.Sequential(*mods)
+
+
+def preprocess(image: Tensor) -> Tensor:
+    """uint8 ``(…, 64, 64, 3)`` -> float ``(…, 3, 64, 64)`` in [-0.5, 0.5] (o / 255 - 0.5)."""
+    return image.permute(*range(image.dim() - 3), -1, -3, -2).float() / 255.0 - 0.5
+
+
+def gaussian_nll(mean: Tensor, target: Tensor, event_dims: int = 0) -> Tensor:
+    """Negative log-likelihood of ``target`` under N(mean, 1), summed over the last ``event_dims``."""
+    nll = 0.5 * (target.float() - mean.float()) ** 2 + 0.5 * LOG_2PI
+    return nll.sum(dim=tuple(range(-event_dims, 0))) if event_dims else nll
+
+
+# ----------------------------------------------------------------------------- encoder / decoder
+
+
+class Encoder(nn.Module):
+    """4 convs, kernel 4, stride 2, channels d, 2d, 4d, 8d, ELU (SPEC 3). 64x64 -> 8d x 2 x 2."""
+
+    def __init__(self, depth: int):
+        super().__init__()
+        chans = [3, depth, 2 * depth, 4 * depth, 8 * depth]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, stride=2), nn.ELU()]
+        self.net = nn.Sequential(*layers)
+        self.out_dim = 8 * depth * 2 * 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: preprocessed ``(…, 3, 64, 64)`` -> embed ``(…, E)``."""
+        lead = x.shape[:-3]
+        y = self.net(x.reshape(-1, *x.shape[-3:]))
+        return y.reshape(*lead, self.out_dim)
+
+
+class Decoder(nn.Module):
+    """feat -> Linear(32d) -> transposed convs (kernels 5, 5, 6, 6, stride 2): 1->5->13->30->64."""
+
+    def __init__(self, feat_dim: int, depth: int):
+        super().__init__()
+        self.depth = depth
+        self.fc = nn.Linear(feat_dim, 32 * depth)
+        chans = [32 * depth, 4 * depth, 2 * depth, depth, 3]
+        kernels = [5, 5, 6, 6]
+        layers: list[nn.Module] = []
+        for i, (cin, cout, k) in enumerate(zip(chans[:-1], chans[1:], kernels)):
+            layers.append(nn.ConvTranspose2d(cin, cout, k, stride=2))
+            if i < len(kernels) - 1:
+                layers.append(nn.ELU())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        """feat ``(…, F)`` -> mean image ``(…, 3, 64, 64)`` (preprocessed scale)."""
+        lead = feat.shape[:-1]
+        x = self.fc(feat).reshape(-1, 32 * self.depth, 1, 1)
+        return self.net(x).reshape(*lead, 3, 64, 64)
+
+
+# ----------------------------------------------------------------------------- RSSM
+
+
+class GRUCell(nn.Module):
+    """DreamerV2's GRU: one linear layer on [x, h] gives reset, candidate and update parts
+    (optionally LayerNorm-ed); the update gate is sigmoid(u - 1), so a fresh cell leans
+    towards keeping its state (SPEC 3)."""
+
+    def __init__(self, inp: int, size: int, norm: bool = False):
+        super().__init__()
+        self.size = size
+        self.linear = nn.Linear(inp + size, 3 * size, bias=not norm)
+        self.norm = nn.LayerNorm(3 * size) if norm else nn.Identity()
+
+    def forward(self, x: Tensor, h: Tensor) -> Tensor:
+        parts = self.norm(self.linear(torch.cat([x, h.to(x.dtype)], -1)))
+        reset, cand, update = parts.split(self.size, -1)
+        reset = torch.sigmoid(reset)
+        cand = torch.tanh(reset * cand)
+        update = torch.sigmoid(update - 1.0)
+        return update * cand + (1 - update) * h
+
+
+def gaussian_std(raw: Tensor, min_std: float) -> Tensor:
+    """std = 2 * sigmoid(x / 2) + min_std (SPEC 3 / 4); lies in (min_std, 2 + min_std)."""
+    return 2 * torch.sigmoid(raw / 2) + min_std
+
+
+def straight_through_onehot(logits: Tensor) -> Tensor:
+    """Sample one-hot vectors from Categorical(logits) over the last dim. The forward value
+    is the one-hot sample; the gradient is that of the probabilities (straight-through)."""
+    probs = torch.softmax(logits, -1)
+    index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+    onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    return onehot + probs - probs.detach()
+
+
+class RSSM(nn.Module):
+    """h_t = GRU(h_{t-1}, MLP([z_{t-1}, a_t])); prior p(z_t | h_t); posterior q(z_t | h_t, e_t).
+
+    ``heads`` prior heads (Offline DV2's transition ensemble, SPEC 10); plain DV2 has one.
+    Head 0 is the prior used by :meth:`observe`; imagination uses head 0 unless told otherwise.
+    """
+
+    def __init__(self, m: ModelConfig, action_dim: int, embed_dim: int, heads: int = 1):
+        super().__init__()
+        self.discrete = m.latent == "discrete"
+        self.stoch, self.classes, self.min_std = m.stoch, m.classes, m.min_std
+        self.stoch_dim = m.stoch * m.classes if self.discrete else m.stoch
+        self.deter_dim = m.deter
+        stats = m.stoch * m.classes if self.discrete else 2 * m.stoch
+        self.img_in = nn.Sequential(nn.Linear(self.stoch_dim + action_dim, m.hidden), nn.ELU())
+        self.cell = GRUCell(m.hidden, m.deter, norm=m.layer_norm)
+        self.prior_heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(m.deter, m.hidden), nn.ELU(), nn.Linear(m.hidden, stats))
+            for _ in range(heads)
+        )
+        self.post_head = nn.Sequential(
+            nn.Linear(m.deter + embed_dim, m.hidden), nn.ELU(), nn.Linear(m.hidden, stats)
+        )
+
+    # --- distributions -------------------------------------------------------------------
+
+    def params(self, raw: Tensor) -> dict[str, Tensor]:
+        raw = raw.float()
+        if self.discrete:
+            return {"logits": raw.reshape(*raw.shape[:-1], self.stoch, self.classes)}
+        mean, std = raw.chunk(2, -1)
+        return {"mean": mean, "std": gaussian_std(std, self.min_std)}
+
+    def sample(self, params: dict[str, Tensor]) -> Tensor:
+        """Reparameterised (Gaussian) or straight-through (discrete) sample, flattened (…, Z)."""
+        if self.discrete:
+            return straight_through_onehot(params["logits"]).flatten(-2)
+        return params["mean"] + params["std"] * torch.randn_like(params["mean"])
+
+    def prediction(self, params: dict[str, Tensor]) -> Tensor:
+        """The predicted latent summary (…, Z): the mean (Gaussian) or class probabilities."""
+        if self.discrete:
+            return torch.softmax(params["logits"], -1).flatten(-2)
+        return params["mean"]
+
+    def kl(self, q: dict[str, Tensor], p: dict[str, Tensor]) -> Tensor:
+        """KL(q || p) per state (…), summed over latent dims."""
+        if self.discrete:
+            logq = torch.log_softmax(q["logits"], -1)
+            logp = torch.log_softmax(p["logits"], -1)
+            return (logq.exp() * (logq - logp)).sum((-2, -1))
+        var_ratio = (q["std"] / p["std"]) ** 2
+        diff = ((q["mean"] - p["mean"]) / p["std"]) ** 2
+        return 0.5 * (var_ratio + diff - 1 - var_ratio.log()).sum(-1)
+
+    def entropy(self, params: dict[str, Tensor]) -> Tensor:
+        if self.discrete:
+            logp = torch.log_softmax(params["logits"], -1)
+            return -(logp.exp() * logp).sum((-2, -1))
+        return (0.5 * (1 + LOG_2PI) + params["std"].log()).sum(-1)
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def initial(self, n: int, device) -> dict[str, Tensor]:
+        """The zero state a window (or an episode) starts from (SPEC 3)."""
+        state = {
+            "deter": torch.zeros(n, self.deter_dim, device=device),
+            "stoch": torch.zeros(n, self.stoch_dim, device=device),
+        }
+        if self.discrete:
+            state["logits"] = torch.zeros(n, self.stoch, self.classes, device=device)
+        else:
+            state["mean"] = torch.zeros(n, self.stoch, device=device)
+            state["std"] = torch.ones(n, self.stoch, device=device)
+        return state
+
+    def reset(self, state: dict, action: Tensor, is_first: Tensor) -> tuple[dict, Tensor]:
+        """Replace the state by the initial one (and the action by zero) where is_first."""
+        keep = 1.0 - is_first.float()
+        init = self.initial(action.shape[0], action.device)
+        out = {}
+        for k, v in state.items():
+            mask = keep.reshape(-1, *[1] * (v.dim() - 1))
+            out[k] = v * mask + init[k] * (1 - mask)
+        return out, action * keep[:, None]
+
+    def deter_step(self, state: dict, action: Tensor) -> Tensor:
+        x = self.img_in(torch.cat([state["stoch"], action.to(state["stoch"].dtype)], -1))
+        return self.cell(x, state["deter"])
+
+    def prior(self, deter: Tensor, head: int = 0) -> dict[str, Tensor]:
+        params = self.params(self.prior_heads[head](deter))
+        return {"deter": deter, "stoch": self.sample(params), **params}
+
+    def img_step(self, state: dict, action: Tensor, head: int = 0) -> dict[str, Tensor]:
+        """One prior step: (s_{t-1}, a_t) -> s_t."""
+        return self.prior(self.deter_step(state, action), head)
+
+    def obs_step(self, state: dict, action: Tensor, embed: Tensor, is_first: Tensor) -> dict:
+        """One posterior step: (s_{t-1}, a_t, e_t) -> q(z_t | h_t, e_t); resets where is_first."""
+        state, action = self.reset(state, action, is_first)
+        deter = self.deter_step(state, action)
+        params = self.params(self.post_head(torch.cat([deter, embed.to(deter.dtype)], -1)))
+        return {"deter": deter, "stoch": self.sample(params), **params}
+
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: dict | None = None):
+        """Filter a batch-major window. embed (B, L, E), action (B, L, A), is_first (B, L).
+
+        Returns (post, prior) dicts with (B, L, …) tensors. The prior (head 0) is computed
+        from the posterior's deterministic states in one batched call after the loop.
+        """
+        B, L = embed.shape[:2]
+        if state is None:
+            state = self.initial(B, embed.device)
+        posts = []
+        for t in range(L):
+            state = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
+            posts.append(state)
+        post = {k: torch.stack([s[k] for s in posts], 1) for k in posts[0]}
+        return post, self.prior(post["deter"])
+
+    def head_params(self, deter: Tensor) -> list[dict[str, Tensor]]:
+        """Distribution parameters of every prior head at ``deter``."""
+        return [self.params(head(deter)) for head in self.prior_heads]
+
+
+# ----------------------------------------------------------------------------- world model
+
+
+def kl_balance(
+    rssm: RSSM, post: dict, prior: dict, alpha: float, free: float
+) -> tuple[Tensor, Tensor]:
+    """KL balancing with free nats on the batch mean (SPEC 3; DreamerV2 Eq. 2 and its
+    ``free_avg``): alpha * max(mean KL(sg q || p), free) + (1 - alpha) * max(mean KL(q || sg p), free).
+
+    Returns (loss, mean KL(q || p)).
+    """
+    sg = lambda d: {k: v.detach() for k, v in d.items()}  # noqa: E731
+    lhs = rssm.kl(sg(post), prior).mean()  # trains the prior
+    rhs = rssm.kl(post, sg(prior)).mean()  # trains the posterior
+    loss = alpha * lhs.clamp(min=free) + (1 - alpha) * rhs.clamp(min=free)
+    return loss, lhs.detach()
+
+
+class WorldModel(nn.Module):
+    """Encoder, RSSM, decoder and heads, with the DreamerV2 loss (SPEC 3)."""
+
+    def __init__(self, cfg: Config, action_dim: int):
+        super().__init__()
+        m = cfg.model
+        self.cfg = m
+        self.encoder = Encoder(m.depth)
+        self.rssm = RSSM(m, action_dim, self.encoder.out_dim, heads=max(1, m.ensemble))
+        self.feat_dim = self.rssm.stoch_dim + m.deter
+        self.decoder = Decoder(self.feat_dim, m.depth)
+        self.reward_head = mlp(self.feat_dim, 1, m.units, m.reward_layers)
+        self.discount_head = (
+            mlp(self.feat_dim, 1, m.units, m.discount_layers) if m.discount_head else None
+        )
+
+    def encode(self, image: Tensor) -> Tensor:
+        """uint8 image (…, 64, 64, 3) -> embed (…, E)."""
+        return self.encoder(preprocess(image))
+
+    def observe(self, embed: Tensor, action: Tensor, is_first: Tensor):
+        return self.rssm.observe(embed, action, is_first)
+
+    @staticmethod
+    def feat(state: dict) -> Tensor:
+        """feat = [z, h] (SPEC 2), (…, F)."""
+        return torch.cat([state["stoch"], state["deter"].to(state["stoch"].dtype)], -1)
+
+    def reward(self, feat: Tensor) -> Tensor:
+        """Mean predicted reward (…), float32."""
+        return self.reward_head(feat).squeeze(-1).float()
+
+    def reward_nll(self, feat: Tensor, target: Tensor) -> Tensor:
+        """Per-element NLL (…) of ``target`` under the unit-variance reward Gaussian."""
+        return gaussian_nll(self.reward(feat), target)
+
+    def continuation(self, feat: Tensor) -> Tensor:
+        """Predicted probability that the episode continues at this state (…); 1 without a head."""
+        if self.discount_head is None:
+            return torch.ones(feat.shape[:-1], device=feat.device)
+        return torch.sigmoid(self.discount_head(feat).squeeze(-1).float())
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict, dict]:
+        """L_img + c_r L_rew (+ c_d L_disc) + kl_scale L_KL (SPEC 3). Returns (loss, out, metrics).
+
+        With several prior heads (Offline DV2) L_KL is the mean over heads of each head's
+        balanced KL to the posterior, so every member is trained like the prior.
+        """
+        m = self.cfg
+        image = preprocess(batch["image"])  # (B, L, 3, 64, 64)
+        embed = self.encoder(image)
+        post, prior = self.observe(embed, batch["action"], batch["is_first"])
+        feat = self.feat(post)
+
+        image_loss = gaussian_nll(self.decoder(feat), image, event_dims=3).mean()
+        reward_loss = self.reward_nll(feat, batch["reward"]).mean()
+        heads = self.rssm.head_params(post["deter"]) if len(self.rssm.prior_heads) > 1 else [prior]
+        kl_losses, kls = zip(
+            *(kl_balance(self.rssm, post, p, m.kl_balance, m.free_nats) for p in heads)
+        )
+        kl_loss = torch.stack(kl_losses).mean()
+        loss = image_loss + m.reward_scale * reward_loss + m.kl_scale * kl_loss
+        metrics = {
+            "model/image_loss": image_loss.detach(),
+            "model/reward_loss": reward_loss.detach(),
+            "model/kl": kls[0],
+            "model/kl_loss": kl_loss.detach(),
+            "model/prior_ent": self.rssm.entropy(prior).mean().detach(),
+            "model/post_ent": self.rssm.entropy(post).mean().detach(),
+        }
+        if self.discount_head is not None:
+            logits = self.discount_head(feat).squeeze(-1).float()
+            disc_loss = F.binary_cross_entropy_with_logits(logits, batch["discount"].float())
+            loss = loss + m.discount_scale * disc_loss
+            metrics["model/discount_loss"] = disc_loss.detach()
+        out = {
+            "embed": embed, "post": post, "prior": prior, "feat": feat, "image": image,
+            "action": batch["action"], "reward": batch["reward"], "is_first": batch["is_first"],
+        }
+        return loss, out, metrics
