@@ -1,0 +1,393 @@
+"""Replay: episodes packed end to end in flat arrays, with vectorised window sampling.
+
+One class serves both uses:
+
+- offline (``readonly=True``): every episode of ``directory`` is validated once and written, streaming
+  episode by episode, into a packed cache of ``.npy`` files that is then memory-mapped. The cache is keyed
+  by the dataset's files (names, sizes, times, sidecar checksums), so a changed dataset rebuilds it; a
+  dataset larger than RAM works because only the pages a batch touches are read.
+- online (``readonly=False``): ``add_episode`` appends to in-memory arrays (grown by doubling) and saves
+  the episode atomically into ``directory`` (when given) with a sequence-numbered name, updating
+  dataset.json. Existing episodes of the directory are loaded first.
+
+Episodes are stored one after another; episode ``e`` occupies entries ``start[e] .. start[e] + n[e] - 1``
+of the packed arrays (``n = T + 1``). ``sample`` picks episodes, then a window start, and gathers all
+``B * L`` entries with one fancy index per key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coworld.data.episodes import (
+    SIDECAR,
+    DatasetError,
+    episode_name,
+    list_episode_files,
+    normalize_episode,
+    read_npz,
+    read_sidecar,
+    save_episode,
+    update_sidecar,
+)
+from coworld.data.validate import check_episode
+from coworld.errors import UserError
+
+KEYS = ("image", "action", "reward", "discount", "is_first", "is_terminal")
+CACHE_VERSION = 1
+
+
+class Replay:
+    def __init__(
+        self,
+        directory=None,
+        *,
+        seed: int = 0,
+        capacity: int | None = None,
+        cache_dir=None,
+        skip_bad: bool = False,
+        readonly: bool = True,
+    ):
+        """
+        directory: episode directory (offline dataset, or where an online replay saves its episodes);
+            None with readonly=False gives a purely in-memory online replay.
+        seed: seed of the sampler's numpy Generator (PCG64).
+        capacity: online only: most entries (steps + 1 per episode) kept in memory; the oldest episodes
+            are dropped from sampling beyond it (their files stay on disk). None = unbounded.
+        cache_dir: where the packed offline cache lives; default <directory>/.cache, or a user cache
+            directory ($XDG_CACHE_HOME/coworld/replay) when the dataset directory is not writable.
+        skip_bad: skip malformed episodes with a warning instead of raising DatasetError.
+        readonly: True for an offline dataset (memory-mapped), False for a growing online replay.
+        """
+        self.directory = Path(directory) if directory is not None else None
+        self.readonly = readonly
+        self.capacity = capacity
+        self.skip_bad = skip_bad
+        self.rng = np.random.default_rng(seed)
+        self._names: list[str] = []
+        self._ep_start: list[int] = []  # physical start of each live episode
+        self._ep_len: list[int] = []  # entries (T + 1) of each live episode
+        self._index_cache = None
+        self._data: dict[str, np.ndarray] = {}
+        self._offset = 0  # physical index of the first live entry
+        self._size = 0  # live entries
+        self._action_dim: int | None = None
+        self._image_shape: tuple | None = None
+        self._next_seq = 0
+        if readonly:
+            if self.directory is None:
+                raise UserError("Replay(readonly=True) needs a dataset directory")
+            self._open_offline(cache_dir)
+        elif self.directory is not None:
+            files = list_episode_files(self.directory) if self.directory.exists() else []
+            self._next_seq = len(files)
+            for path in files:
+                ep = self._read(path, None)
+                if ep is not None:
+                    self._append(ep, path.name)
+
+    # ----------------------------------------------------------------------------------------------
+    # Properties
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._names)
+
+    @property
+    def num_steps(self) -> int:
+        """Agent steps T summed over the live episodes."""
+        return self._size - len(self._names)
+
+    @property
+    def action_dim(self) -> int | None:
+        return self._action_dim
+
+    @property
+    def names(self) -> list[str]:
+        """File names of the live episodes, in storage order."""
+        return list(self._names)
+
+    def episodes(self):
+        """Yield each live episode as a dict of arrays (the sampled keys), oldest first."""
+        for start, n in zip(self._ep_start, self._ep_len):
+            yield {key: np.asarray(self._data[key][start : start + n]) for key in KEYS}
+
+    # ----------------------------------------------------------------------------------------------
+    # Sampling
+
+    def sample(self, batch: int, length: int, device="cpu", mode: str | None = None) -> dict[str, torch.Tensor]:
+        """B windows of L consecutive entries, batch-major tensors (docs/architecture.md).
+
+        mode "uniform" (default): an episode uniformly, then a window start uniformly among those that
+        keep the window inside the episode. mode "length": episodes weighted by their length. An episode
+        shorter than L starts its window at entry 0 and the window runs on into the next stored episode
+        (the last one wraps to the first); ``is_first`` marks where each episode starts and position 0.
+        """
+        if not self._names:
+            raise UserError("the replay holds no episodes yet; add or load episodes before sampling")
+        start, n = self._index()
+        mode = mode or "uniform"
+        if mode == "uniform":
+            ep = self.rng.integers(0, len(n), size=batch)
+        elif mode == "length":
+            ends = np.cumsum(n)
+            ep = np.searchsorted(ends, self.rng.integers(0, ends[-1], size=batch), side="right")
+        else:
+            raise UserError(f"unknown sampling mode '{mode}'; use 'uniform' or 'length'")
+        room = np.maximum(n[ep] - length, 0)
+        first = start[ep] + self.rng.integers(0, room + 1)
+        # (B, L) physical indices; wrap inside the live region [offset, offset + size).
+        idx = self._offset + (first[:, None] - self._offset + np.arange(length)) % self._size
+        out = {key: torch.from_numpy(np.asarray(self._data[key][idx])) for key in KEYS}
+        out["is_first"][:, 0] = True
+        if str(device) != "cpu":
+            out = {key: value.to(device, non_blocking=True) for key, value in out.items()}
+        return out
+
+    def _index(self):
+        if self._index_cache is None:
+            self._index_cache = (np.asarray(self._ep_start, np.int64), np.asarray(self._ep_len, np.int64))
+        return self._index_cache
+
+    # ----------------------------------------------------------------------------------------------
+    # Online: adding episodes
+
+    def add_episode(self, episode: dict) -> str:
+        """Append an episode (validated); save it into ``directory`` when there is one. Returns its name."""
+        if self.readonly:
+            raise UserError("this replay is read-only (an offline dataset); create it with readonly=False")
+        ep = normalize_episode({k: np.asarray(v) for k, v in episode.items()})
+        problems = check_episode(ep, "<new episode>")
+        if problems:
+            raise DatasetError("; ".join(str(p) for p in problems))
+        self._check_consistent(ep, "<new episode>")
+        name = episode_name(len(ep["reward"]) - 1, seq=self._next_seq)
+        self._next_seq += 1
+        if self.directory is not None:
+            path = save_episode(self.directory, ep, name=name)
+            update_sidecar(self.directory, [path])
+        self._append(ep, name)
+        return name
+
+    def _append(self, ep: dict, name: str) -> None:
+        self._check_consistent(ep, name)
+        n = len(ep["reward"])
+        end = self._offset + self._size
+        if not self._data or end + n > len(self._data["reward"]):
+            self._make_room(n, ep)
+            end = self._offset + self._size
+        for key in KEYS:
+            self._data[key][end : end + n] = ep[key]
+        self._data["is_first"][end] = True
+        self._names.append(name)
+        self._ep_start.append(end)
+        self._ep_len.append(n)
+        self._size += n
+        while self.capacity and self._size > self.capacity and len(self._names) > 1:
+            self._names.pop(0)
+            self._ep_start.pop(0)
+            dropped = self._ep_len.pop(0)
+            self._offset += dropped
+            self._size -= dropped
+        self._index_cache = None
+
+    def _make_room(self, n: int, ep: dict) -> None:
+        """Compact the live region to index 0 and grow the arrays (doubling) so that n more entries fit."""
+        allocated = len(self._data["reward"]) if self._data else 0
+        needed = self._size + n
+        new_size = allocated if needed <= allocated // 2 else max(2 * allocated, needed, 1024)
+        if self.capacity:
+            new_size = min(new_size, max(needed, self.capacity + n))
+        live = slice(self._offset, self._offset + self._size)
+        fresh = {}
+        for key in KEYS:
+            template = np.asarray(ep[key])
+            fresh[key] = np.zeros((new_size,) + template.shape[1:], template.dtype)
+            if self._data:
+                fresh[key][: self._size] = self._data[key][live]
+        self._ep_start = [s - self._offset for s in self._ep_start]
+        self._offset = 0
+        self._data = fresh
+
+    def _check_consistent(self, ep: dict, name: str) -> None:
+        action_dim, image_shape = ep["action"].shape[1], ep["image"].shape[1:]
+        if self._action_dim is None:
+            self._action_dim, self._image_shape = action_dim, image_shape
+        elif action_dim != self._action_dim:
+            raise DatasetError(f"{name}: action: dimension {action_dim} differs from the replay's {self._action_dim}")
+        elif image_shape != self._image_shape:
+            raise DatasetError(f"{name}: image: shape {image_shape} differs from the replay's {self._image_shape}")
+
+    def _read(self, path: Path, sidecar_files: dict | None) -> dict | None:
+        """Read, checksum and validate one file; None (with a warning) for a bad one when skip_bad."""
+        try:
+            raw = path.read_bytes()
+            expected = (sidecar_files or {}).get(path.name, {}).get("sha256")
+            if expected and hashlib.sha256(raw).hexdigest() != expected:
+                raise DatasetError(f"{path}: -: sha256 does not match {SIDECAR}; the file was changed")
+            ep = normalize_episode(read_npz(raw, str(path)))
+            problems = check_episode(ep, str(path))
+            if problems:
+                raise DatasetError("; ".join(str(p) for p in problems))
+            if self._action_dim is not None:
+                self._check_consistent(ep, str(path))
+            return ep
+        except DatasetError as exc:
+            if not self.skip_bad:
+                raise DatasetError(f"{exc} (run `coworld data validate`, or pass skip_bad=True)") from None
+            warnings.warn(f"skipping bad episode: {exc}", stacklevel=3)
+            return None
+
+    # ----------------------------------------------------------------------------------------------
+    # Offline: the packed, memory-mapped cache
+
+    def _open_offline(self, cache_dir) -> None:
+        files = list_episode_files(self.directory)
+        if not files:
+            raise DatasetError(f"{self.directory}: no episode files (*.npz); is this the right directory?")
+        side = read_sidecar(self.directory)
+        sidecar_files = (side or {}).get("files", {})
+        fingerprint = [CACHE_VERSION, self.skip_bad, [[p.name, *self._stat(p)] for p in files]]
+        fingerprint.append({name: entry.get("sha256") for name, entry in sidecar_files.items()})
+        key = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:20]
+        root = Path(cache_dir) if cache_dir is not None else self._default_cache_root()
+        cache = root / key
+        if not (cache / "meta.json").exists():
+            self._build_cache(files, sidecar_files, root, cache)
+        meta = json.loads((cache / "meta.json").read_text())
+        self._data = {k: np.load(cache / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in KEYS}
+        self._names, self._ep_len = meta["names"], meta["lengths"]
+        self._ep_start = np.concatenate([[0], np.cumsum(self._ep_len)[:-1]]).astype(int).tolist()
+        self._size = int(sum(self._ep_len))
+        self._action_dim, self._image_shape = meta["action_dim"], tuple(meta["image_shape"])
+
+    @staticmethod
+    def _stat(path: Path):
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+
+    def _default_cache_root(self) -> Path:
+        if os.access(self.directory, os.W_OK):
+            return self.directory / ".cache"
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        tag = hashlib.sha256(str(self.directory.resolve()).encode()).hexdigest()[:16]
+        return base / "coworld" / "replay" / tag
+
+    def _build_cache(self, files, sidecar_files, root: Path, cache: Path) -> None:
+        """Stream every episode into raw per-key files, then give them .npy headers; never holds
+        more than one episode in memory."""
+        root.mkdir(parents=True, exist_ok=True)
+        build = root / f".build-{cache.name}-{os.getpid()}"
+        shutil.rmtree(build, ignore_errors=True)
+        build.mkdir()
+        raw = {key: open(build / f"{key}.raw", "wb") for key in KEYS}
+        names, lengths, dtypes, shapes = [], [], {}, {}
+        try:
+            for path in files:
+                ep = self._read(path, sidecar_files)
+                if ep is None:
+                    continue
+                self._check_consistent(ep, str(path))
+                ep["is_first"] = ep["is_first"].copy()
+                ep["is_first"][0] = True
+                for key in KEYS:
+                    value = np.ascontiguousarray(ep[key])
+                    dtypes[key], shapes[key] = value.dtype, value.shape[1:]
+                    raw[key].write(value.tobytes())
+                names.append(path.name)
+                lengths.append(len(ep["reward"]))
+        finally:
+            for f in raw.values():
+                f.close()
+        if not names:
+            shutil.rmtree(build, ignore_errors=True)
+            raise DatasetError(f"{self.directory}: every episode was skipped as bad; nothing to load")
+        total = sum(lengths)
+        for key in KEYS:
+            header = {
+                "descr": np.lib.format.dtype_to_descr(dtypes[key]),
+                "fortran_order": False,
+                "shape": (total,) + tuple(shapes[key]),
+            }
+            with open(build / f"{key}.npy", "wb") as out, open(build / f"{key}.raw", "rb") as src:
+                np.lib.format.write_array_header_2_0(out, header)
+                shutil.copyfileobj(src, out, 1 << 22)
+            (build / f"{key}.raw").unlink()
+        meta = {
+            "names": names,
+            "lengths": lengths,
+            "action_dim": self._action_dim,
+            "image_shape": list(self._image_shape),
+        }
+        (build / "meta.json").write_text(json.dumps(meta))
+        for old in root.iterdir():  # caches of earlier versions of this dataset
+            if old != build and old.is_dir() and (old / "meta.json").exists():
+                shutil.rmtree(old, ignore_errors=True)
+        os.replace(build, cache)
+
+    # ----------------------------------------------------------------------------------------------
+    # Checkpointing
+
+    def state_dict(self) -> dict:
+        """Sampler RNG state and the live episode names; safe for torch.load(weights_only=True)."""
+        state = self.rng.bit_generator.state
+        rng = {
+            "bit_generator": state["bit_generator"],
+            "state": str(state["state"]["state"]),
+            "inc": str(state["state"]["inc"]),
+            "has_uint32": int(state["has_uint32"]),
+            "uinteger": int(state["uinteger"]),
+        }
+        return {"rng": rng, "episodes": list(self._names), "next_seq": self._next_seq}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the sampler and make the replay hold exactly the listed episodes, in order.
+
+        For an online replay with a directory, episode files written after the state was taken (a run
+        killed after its checkpoint) are deleted, since they will be collected again.
+        """
+        names = list(state["episodes"])
+        if names != self._names:
+            if self.readonly or self.directory is None:
+                raise DatasetError(
+                    "the replay's episodes differ from the checkpoint's "
+                    f"({len(self._names)} here, {len(names)} saved); the dataset changed since the checkpoint"
+                )
+            self._restore_online(names)
+        rng = state["rng"]
+        self.rng.bit_generator.state = {
+            "bit_generator": rng["bit_generator"],
+            "state": {"state": int(rng["state"]), "inc": int(rng["inc"])},
+            "has_uint32": int(rng["has_uint32"]),
+            "uinteger": int(rng["uinteger"]),
+        }
+        self._next_seq = int(state.get("next_seq", self._next_seq))
+
+    def _restore_online(self, names: list[str]) -> None:
+        files = {p.name: p for p in list_episode_files(self.directory)}
+        missing = [name for name in names if name not in files]
+        if missing:
+            raise DatasetError(
+                f"{self.directory}: {len(missing)} episode file(s) of the checkpoint are missing, "
+                f"e.g. {missing[0]}; cannot resume this replay"
+            )
+        keep = set(names)
+        last = max(names) if names else ""
+        stale = [p for name, p in files.items() if name not in keep and name > last]
+        for path in stale:
+            path.unlink()
+        if stale:
+            update_sidecar(self.directory, removed=[p.name for p in stale])
+        self._names, self._ep_start, self._ep_len = [], [], []
+        self._data, self._offset, self._size = {}, 0, 0
+        self._action_dim = self._image_shape = None
+        for name in names:
+            self._append(self._read(files[name], None), name)
