@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from coworld.config import load_config
+from coworld.nets import RSSM, Decoder, Encoder, GRUCell, WorldModel, preprocess
+from coworld.nets.world_model import gaussian_std, kl_balance, straight_through_onehot
+
+SMALL = [
+    "model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4", "model.classes=3",
+    "model.units=16",
+]
+
+
+def small_cfg(*extra):
+    return load_config("tiny", SMALL + list(extra))
+
+
+def test_preprocess_scale_and_layout():
+    img = torch.zeros(2, 64, 64, 3, dtype=torch.uint8)
+    img[..., 1] = 255
+    x = preprocess(img)
+    assert x.shape == (2, 3, 64, 64)
+    assert torch.all(x[:, 0] == -0.5) and torch.all(x[:, 1] == 0.5)
+
+
+def test_encoder_decoder_shapes():
+    enc = Encoder(4)
+    e = enc(torch.zeros(2, 3, 3, 64, 64))
+    assert e.shape == (2, 3, 8 * 4 * 2 * 2) and enc.out_dim == 128
+    dec = Decoder(10, 4)
+    assert dec(torch.zeros(2, 3, 10)).shape == (2, 3, 3, 64, 64)
+    kernels = [m.kernel_size[0] for m in dec.net if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert kernels == [5, 5, 6, 6]
+
+
+def test_gaussian_std_formula():
+    x = torch.tensor([-100.0, 0.0, 2.0, 100.0])
+    expected = 2 / (1 + torch.exp(-x / 2)) + 0.1
+    assert torch.allclose(gaussian_std(x, 0.1), expected)
+    assert gaussian_std(torch.tensor(0.0), 0.1).item() == pytest.approx(1.1)
+    rssm = RSSM(small_cfg().model, 2, 8)
+    params = rssm.params(torch.cat([torch.zeros(1, 4), torch.full((1, 4), 2.0)], -1))
+    assert torch.allclose(params["std"], torch.full((1, 4), 2 / (1 + math.exp(-1)) + 0.1))
+
+
+def test_gru_update_gate_bias():
+    cell = GRUCell(3, 2)
+    torch.nn.init.zeros_(cell.linear.weight)
+    torch.nn.init.zeros_(cell.linear.bias)
+    h = torch.tensor([[1.0, -2.0]])
+    # cand = tanh(0) = 0, update = sigmoid(0 - 1): out = (1 - sigmoid(-1)) * h
+    out = cell(torch.randn(1, 3), h)
+    assert torch.allclose(out, (1 - 1 / (1 + math.e)) * h)
+    assert isinstance(GRUCell(3, 2, norm=True).norm, torch.nn.LayerNorm)
+
+
+def test_straight_through_sample():
+    logits = torch.randn(5, 4, requires_grad=True)
+    sample = straight_through_onehot(logits)
+    assert torch.all(sample.detach().sum(-1) == 1)
+    assert set(sample.detach().unique().tolist()) <= {0.0, 1.0}
+    c = torch.randn(5, 4)
+    (sample * c).sum().backward()
+    logits2 = logits.detach().clone().requires_grad_(True)
+    (torch.softmax(logits2, -1) * c).sum().backward()
+    assert torch.allclose(logits.grad, logits2.grad)
+
+
+def test_kl_formulas_match_torch():
+    rssm = RSSM(small_cfg().model, 2, 8)
+    q = {"mean": torch.randn(3, 4), "std": torch.rand(3, 4) + 0.2}
+    p = {"mean": torch.randn(3, 4), "std": torch.rand(3, 4) + 0.2}
+    ref = kl_divergence(Normal(q["mean"], q["std"]), Normal(p["mean"], p["std"])).sum(-1)
+    assert torch.allclose(rssm.kl(q, p), ref, atol=1e-5)
+    drssm = RSSM(small_cfg("model.latent=discrete").model, 2, 8)
+    ql, pl = torch.randn(3, 4, 3), torch.randn(3, 4, 3)
+    qp, pp = ql.softmax(-1), pl.softmax(-1)
+    ref = (qp * (qp.log() - pp.log())).sum((-2, -1))
+    assert torch.allclose(drssm.kl({"logits": ql}, {"logits": pl}), ref, atol=1e-5)
+
+
+def _gaussian_pair():
+    rssm = RSSM(small_cfg("model.stoch=1").model, 2, 8)
+    q_mean = torch.tensor([[1.0], [3.0]], requires_grad=True)  # KL to N(0,1): 0.5 and 4.5
+    p_mean = torch.zeros(2, 1, requires_grad=True)
+    q = {"mean": q_mean, "std": torch.ones(2, 1)}
+    p = {"mean": p_mean, "std": torch.ones(2, 1)}
+    return rssm, q, p, q_mean, p_mean
+
+
+def test_kl_balance_above_free_nats():
+    rssm, q, p, q_mean, p_mean = _gaussian_pair()
+    loss, kl = kl_balance(rssm, q, p, alpha=0.8, free=1.0)
+    assert loss.item() == pytest.approx(2.5) and kl.item() == pytest.approx(2.5)
+    loss.backward()
+    # d/dmu_q of mean KL = (mu_q - mu_p) / 2 per row; only the (1 - alpha) term reaches q
+    assert torch.allclose(q_mean.grad, 0.2 * torch.tensor([[0.5], [1.5]]))
+    assert torch.allclose(p_mean.grad, 0.8 * torch.tensor([[-0.5], [-1.5]]))
+
+
+def test_kl_balance_below_free_nats():
+    rssm, q, p, q_mean, p_mean = _gaussian_pair()
+    loss, kl = kl_balance(rssm, q, p, alpha=0.8, free=3.0)
+    assert loss.item() == pytest.approx(3.0) and kl.item() == pytest.approx(2.5)
+    loss.backward()
+    assert torch.all(q_mean.grad == 0) and torch.all(p_mean.grad == 0)
+
+
+@pytest.mark.parametrize("latent", ["gaussian", "discrete"])
+def test_is_first_resets_state_inside_window(latent):
+    rssm = RSSM(small_cfg(f"model.latent={latent}").model, 2, 8)
+    embed_a, embed_b = torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    action_a, action_b = torch.randn(1, 5, 2), torch.randn(1, 5, 2)
+    embed_b[:, 2:], action_b[:, 2:] = embed_a[:, 2:], action_a[:, 2:]  # same after the reset
+    is_first = torch.zeros(1, 5, dtype=torch.bool)
+    is_first[0, [0, 2]] = True
+    outs = []
+    for embed, action, first in [(embed_a, action_a, is_first), (embed_b, action_b, is_first),
+                                 (embed_b, action_b, torch.zeros_like(is_first))]:
+        torch.manual_seed(1)
+        outs.append(rssm.observe(embed, action, first))
+    (post_a, prior_a), (post_b, prior_b), (post_c, _) = outs
+    assert not torch.allclose(post_a["deter"][:, 1], post_b["deter"][:, 1])
+    for key in post_a:
+        assert torch.equal(post_a[key][:, 2:], post_b[key][:, 2:]), key
+        assert torch.equal(prior_a[key][:, 2:], prior_b[key][:, 2:]), key
+    assert not torch.allclose(post_c["deter"][:, 2:], post_a["deter"][:, 2:])
+    # the state after a reset is the zero state stepped with a zero action
+    zero = rssm.initial(1, "cpu")
+    assert torch.allclose(post_a["deter"][:, 2], rssm.deter_step(zero, torch.zeros(1, 2)))
+
+
+@pytest.mark.parametrize("latent", ["gaussian", "discrete"])
+def test_world_model_loss_and_feat_layout(latent):
+    cfg = small_cfg(f"model.latent={latent}", "model.discount_head=true")
+    wm = WorldModel(cfg, 3)
+    batch = {
+        "image": torch.randint(0, 256, (2, 4, 64, 64, 3), dtype=torch.uint8),
+        "action": torch.rand(2, 4, 3) * 2 - 1, "reward": torch.randn(2, 4),
+        "discount": torch.ones(2, 4), "is_first": torch.zeros(2, 4, dtype=torch.bool),
+    }
+    loss, out, metrics = wm.loss(batch)
+    Z = 4 * 3 if latent == "discrete" else 4
+    assert out["feat"].shape == (2, 4, Z + 16) and wm.feat_dim == Z + 16
+    assert torch.equal(out["feat"][..., :Z], out["post"]["stoch"])
+    assert torch.equal(out["feat"][..., Z:], out["post"]["deter"])
+    assert out["embed"].shape == (2, 4, 128) and out["image"].shape == (2, 4, 3, 64, 64)
+    parts = (metrics["model/image_loss"] + metrics["model/reward_loss"] + metrics["model/kl_loss"]
+             + metrics["model/discount_loss"])
+    assert loss.item() == pytest.approx(parts.item(), rel=1e-5)
+    # image NLL is summed over the 3*64*64 pixels of a unit-variance Gaussian
+    assert metrics["model/image_loss"].item() > 0.5 * math.log(2 * math.pi) * 3 * 64 * 64
+    assert wm.reward_nll(out["feat"], batch["reward"]).shape == (2, 4)
