@@ -11,7 +11,9 @@ import importlib.util
 from coworld.envs.registry import EnvSpec, list_specs, make, register, spec
 from coworld.envs.scripted import scripted_policy
 
-for _name in ("builtin", "dmc", "metaworld", "robodesk"):
+from coworld.envs import builtin  # noqa: E402,F401  (registers the built-in suite)
+
+for _name in ("dmc", "metaworld", "robodesk"):
     if importlib.util.find_spec(f"coworld.envs.{_name}") is not None:
         importlib.import_module(f"coworld.envs.{_name}")
 
