@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes.util
 import os
-import sys
 
 # Shared libraries each headless backend loads, and the apt packages that provide them.
 BACKEND_LIBRARIES = {"egl": "EGL", "osmesa": "OSMesa"}
@@ -45,14 +44,13 @@ def setup_gl() -> str:
     """Pick the OpenGL backend for MuJoCo and export it; returns the backend name.
 
     Respects ``MUJOCO_GL`` when the user has set it. Otherwise tries EGL, then
-    OSMesa, then falls back to GLFW (which needs a display). Must run before
-    ``mujoco`` is imported; once it is, the backend can no longer change and the
-    current choice is returned.
+    OSMesa, then falls back to GLFW (which needs a display). Call it before
+    ``mujoco`` / ``dm_control`` are imported: dm_control fixes its backend at import.
+    (gymnasium's MuJoCo renderer, used by Meta-World, reads the variable at its first
+    render, so setting it late still works there.)
     """
     chosen = os.environ.get("MUJOCO_GL")
     if not chosen:
-        if "mujoco" in sys.modules:  # too late to choose: MuJoCo used its own default
-            return "glfw"
         chosen = next((b for b in ("egl", "osmesa") if backend_available(b)), "glfw")
         os.environ["MUJOCO_GL"] = chosen
     # PyOpenGL (used by dm_control) must load the same platform library.
