@@ -390,4 +390,7 @@ class Replay:
         self._data, self._offset, self._size = {}, 0, 0
         self._action_dim = self._image_shape = None
         for name in names:
-            self._append(self._read(files[name], None), name)
+            ep = self._read(files[name], None)
+            if ep is None:
+                raise DatasetError(f"{files[name]}: this episode of the checkpoint is now malformed; cannot resume")
+            self._append(ep, name)
