@@ -115,7 +115,7 @@ def cmd_train(args) -> int:
         action_dim = dataset_action_dim(args.dataset)
         unit = "update"
     else:
-        from coworld.algos.coworld import train_from_args
+        from coworld.algos.cotrain import train_from_args
 
         return train_from_args(args, cfg)
     session = Session(args.logdir, run_args=_run_args(args), cfg=cfg, total=args.steps, unit=unit,
@@ -149,7 +149,7 @@ def cmd_eval(args) -> int:
 
     run_dir, run_args, cfg, state = load_run(args.run)
     if run_args["algo"] in ("coworld", "dv2-finetune"):
-        from coworld.algos.coworld import evaluation_agent
+        from coworld.algos.cotrain import evaluation_agent
 
         agent, env_id = evaluation_agent(run_args, cfg, state)
     else:

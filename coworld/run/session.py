@@ -45,7 +45,7 @@ def resolve_device(name: str) -> torch.device:
 
 class Session:
     def __init__(self, logdir: str | Path, *, run_args: dict, cfg: Config, total: int, unit: str,
-                 progress: bool = True):
+                 progress: bool = True, extendable: bool = True):
         self.dir = Path(logdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.ckpt_path = self.dir / CHECKPOINT
@@ -55,12 +55,13 @@ class Session:
         run_file = self.dir / "run.json"
         if self.resuming:
             stored = json.loads(run_file.read_text())
-            diff = {k for k in set(stored) | set(run_args) if k != "steps" and stored.get(k) != run_args.get(k)}
+            free = {"steps"} if extendable else set()  # a larger --steps extends a finished run
+            diff = {k for k in set(stored) | set(run_args) if k not in free and stored.get(k) != run_args.get(k)}
             if diff:
                 detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {run_args.get(k)!r}" for k in sorted(diff))
                 raise UserError(
                     f"{self.dir} holds a run with other settings ({detail}). Re-run the same command to "
-                    "resume (only --steps may change), or choose a new --logdir."
+                    f"resume{' (only --steps may change)' if extendable else ''}, or choose a new --logdir."
                 )
             self.cfg = Config.from_dict(json.loads((self.dir / "config.json").read_text()))
             self.state = load_checkpoint(self.ckpt_path)

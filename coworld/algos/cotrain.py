@@ -1,0 +1,332 @@
+"""CoWorld co-training: two (or K + 1) DreamerV2 agents on the schedule of SPEC 8.
+
+The collaborative terms themselves (stages A, B, C; Eqs. 3-6) live in
+:mod:`coworld.algos.coworld`; this module decides *when* each runs:
+
+1. prefill each source replay with random actions;
+2. source warm-up: ``warmup_blocks`` blocks of online Dreamer training per source;
+3. pick the closest source (multi-source, SPEC 9; trivial with one source);
+4. ``wm_warmup_rounds`` x [target world-model-only block with state alignment (A),
+   source block with reward alignment (B)];
+5. ``outer_iters`` x [re-select the source, ``target_blocks`` blocks of full target
+   updates (A on the world model, C on the critic), each preceded by an evaluation
+   of the target policy, then ``source_blocks`` source blocks with B]; a final evaluation.
+
+Units. A source block is ``block_steps`` source agent steps (one update per
+``train_every`` steps); a target block is the same number of *updates* as a source
+block (``block_steps // train_every``), driven by an update counter: the target
+simulator, if any, is used only for evaluation. ``--steps N`` is the total number
+of source agent steps; every count of the preset's schedule is scaled by
+N / (the preset's full source steps), so a small N still runs every stage.
+
+DV2 Finetune (SPEC 10) reuses the same pieces: pretrain one agent online in the
+source, then finetune all of it on the offline target data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coworld import envs
+from coworld.algos.coworld import (
+    ActionAdapter,
+    domain_distances,
+    eta_at,
+    reward_alignment_hook,
+    select_source,
+    state_alignment_hook,
+    value_constraint_hook,
+)
+from coworld.algos.dreamer import DreamerAgent
+from coworld.config import Config
+from coworld.data.replay import Replay
+from coworld.errors import UserError
+from coworld.run.driver import Collector, evaluate
+from coworld.run.session import Session
+from coworld.run.train import Periodic, make_env, run_evaluation
+
+
+@dataclass(frozen=True)
+class Phase:
+    kind: str  # "prefill" | "source" | "target_wm" | "target"
+    length: int  # agent steps (prefill, source) or updates (target_wm, target)
+    source: int = -1  # source index for prefill/source phases; -1 = the selected source
+    align: bool = False  # source phases: with reward alignment (stage B)
+    select: bool = False  # choose the closest source when the phase starts
+    evaluate: bool = False  # evaluate the target policy when the phase starts
+    cost: int = 1  # progress units per step of this phase (a target update = train_every)
+
+
+def full_source_steps(cfg: Config, num_sources: int) -> int:
+    c = cfg.coworld
+    per_source = cfg.train.prefill + c.warmup_blocks * c.block_steps
+    return num_sources * per_source + (c.wm_warmup_rounds + c.outer_iters * c.source_blocks) * c.block_steps
+
+
+def build_schedule(cfg: Config, steps: int, num_sources: int) -> list[Phase]:
+    """The phases of a CoWorld run with ``steps`` source agent steps in total (see module doc)."""
+    c, t = cfg.coworld, cfg.train
+    scale = steps / full_source_steps(cfg, num_sources)
+    block = max(t.train_every, round(c.block_steps * scale))
+    updates = max(1, block // t.train_every)
+    prefill = max(1, round(t.prefill * scale))
+    te = t.train_every
+    phases = []
+    for i in range(num_sources):
+        phases.append(Phase("prefill", prefill, source=i))
+        phases += [Phase("source", block, source=i) for _ in range(c.warmup_blocks)]
+    for r in range(c.wm_warmup_rounds):
+        phases.append(Phase("target_wm", updates, select=(r == 0), cost=te))
+        phases.append(Phase("source", block, align=True))
+    for _ in range(c.outer_iters):
+        for b in range(c.target_blocks):
+            phases.append(Phase("target", updates, select=(b == 0), evaluate=True, cost=te))
+        phases += [Phase("source", block, align=True) for _ in range(c.source_blocks)]
+    return phases
+
+
+def finetune_schedule(cfg: Config, steps: int) -> list[Phase]:
+    """DV2 Finetune with CoWorld's budget: the same source steps, then the same number of
+    target updates (in blocks of the same size, each preceded by an evaluation)."""
+    coworld = build_schedule(cfg, steps, 1)
+    prefill = coworld[0].length
+    source_steps = sum(p.length for p in coworld if p.kind in ("prefill", "source"))
+    target = [p for p in coworld if p.kind == "target"]
+    return [Phase("prefill", prefill, source=0), Phase("source", source_steps - prefill, source=0)] + [
+        Phase("target", p.length, evaluate=True, cost=p.cost) for p in target
+    ]
+
+
+def pad_actions(batch: dict, dim: int) -> dict:
+    """Zero-pad a batch's actions (B, L, A) to ``dim`` dims (DV2 Finetune's shared action space)."""
+    a = batch["action"]
+    if a.shape[-1] == dim:
+        return batch
+    return {**batch, "action": torch.nn.functional.pad(a, (0, dim - a.shape[-1]))}
+
+
+class ActionSlice:
+    """Acts with an agent whose action space is larger than the env's: keeps the first ``dim`` dims."""
+
+    def __init__(self, agent, dim: int):
+        self.agent, self.action_dim = agent, dim
+
+    def initial_policy_state(self, n: int):
+        return self.agent.initial_policy_state(n)
+
+    def act(self, obs, state, is_first, explore):
+        action, state = self.agent.act(obs, state, is_first, explore)
+        return action[:, : self.action_dim], state
+
+
+class SourceWorker:
+    """One source simulator: its agent, online replay (on disk) and collector."""
+
+    def __init__(self, index: int, env_id: str, cfg: Config, run_dir: Path, device, target_dim: int,
+                 agent_dim: int | None = None):
+        self.env_id = env_id
+        self.env = make_env(cfg, env_id)
+        self.action_dim = envs.spec(env_id).action_dim
+        self.agent = DreamerAgent(cfg, agent_dim or self.action_dim, device=device)
+        self.policy = ActionSlice(self.agent, self.action_dim) if agent_dim else self.agent
+        self.replay = Replay(run_dir / f"replay-source{index}", seed=cfg.seed + 101 * (index + 1), readonly=False)
+        self.collector = Collector(self.env, self.replay, seed=cfg.seed + 1000 * (index + 1),
+                                   action_dim=self.action_dim)
+        self.adapter = ActionAdapter(self.action_dim, target_dim)
+        self.pretrained = False
+
+    def components(self, i: int) -> dict:
+        return {f"source{i}_agent": self.agent, f"source{i}_replay": self.replay,
+                f"source{i}_collector": self.collector}
+
+
+class CoWorldTrainer:
+    """CoWorld (``finetune=False``) or DV2 Finetune (``finetune=True``, one source)."""
+
+    def __init__(self, session: Session, source_ids: list[str], target_dataset: str, target_env: str | None,
+                 finetune: bool = False):
+        self.session = session
+        self.finetune = finetune
+        cfg = self.cfg = session.cfg
+        device = session.device
+        self.target_replay = Replay(target_dataset, seed=cfg.seed + 17)
+        self.target_dim = self.target_replay.action_dim
+        if target_env and envs.spec(target_env).action_dim != self.target_dim:
+            raise UserError(
+                f"target env {target_env} has {envs.spec(target_env).action_dim}-D actions but the dataset "
+                f"{target_dataset} has {self.target_dim}-D actions; they must describe the same task"
+            )
+        if finetune:  # one agent, pretrained in the source then finetuned: actions padded to the larger space
+            self.joint_dim = max(self.target_dim, envs.spec(source_ids[0]).action_dim)
+            self.sources = [SourceWorker(0, source_ids[0], cfg, session.dir, device, self.target_dim,
+                                         agent_dim=self.joint_dim)]
+            self.target = self.sources[0].agent
+            self.policy = ActionSlice(self.target, self.target_dim)
+            self.schedule = finetune_schedule(cfg, session.total)
+        else:
+            self.target = self.policy = DreamerAgent(cfg, self.target_dim, device=device)
+            self.sources = [SourceWorker(i, sid, cfg, session.dir, device, self.target_dim)
+                            for i, sid in enumerate(source_ids)]
+            self.schedule = build_schedule(cfg, session.total, len(self.sources))
+        self.eval_env = make_env(cfg, target_env) if target_env else None
+        self.total_units = sum(p.length * p.cost for p in self.schedule)
+        self.session.total = self.total_units
+        self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_wm_updates": 0,
+                         "pretrained": [False] * len(self.sources)}
+
+    def components(self) -> dict:
+        comps = {"target_replay": self.target_replay}
+        for i, src in enumerate(self.sources):
+            comps.update(src.components(i))
+        if not self.finetune:
+            comps["target_agent"] = self.target
+        return comps
+
+    # -- the pieces of work ------------------------------------------------------------------
+    def sample_target(self) -> dict:
+        t = self.cfg.train
+        return self.target_replay.sample(t.batch, t.length, device=self.session.device)
+
+    def select(self, units: int) -> None:
+        if len(self.sources) > 1:
+            batch = self.sample_target()
+            dist = domain_distances(self.target, [s.agent for s in self.sources], batch["image"])
+            self.counters["selected"] = select_source(dist)
+            values = {f"domain_kl/source{i}": float(d) for i, d in enumerate(dist)}
+            self.session.logger.scalars(units, {**values, "selected_source": self.counters["selected"]},
+                                        prefix="coworld/")
+            self.session.logger.write(
+                "[select] " + ", ".join(f"{s.env_id}: {float(d):.4f}" for s, d in zip(self.sources, dist))
+                + f" -> {self.sources[self.counters['selected']].env_id}")
+
+    def source_step(self, i: int, phase: Phase) -> dict:
+        src, t = self.sources[i], self.cfg.train
+        agent = None if phase.kind == "prefill" else src.policy
+        episode = src.collector.step(agent, noise=t.expl_noise)
+        if episode:
+            self.session.logger.scalars(self.counters["units"], episode, prefix=f"source{i}/episode/")
+        if phase.kind == "prefill" or src.replay.num_episodes == 0:
+            return {}
+        n = 0
+        if not self.counters["pretrained"][i]:
+            n = t.pretrain
+            self.counters["pretrained"][i] = True
+        elif src.collector.steps % t.train_every == 0:
+            n = 1
+        metrics = {}
+        for _ in range(n):
+            metrics = self.source_update(src, phase.align)
+        return metrics
+
+    def source_update(self, src: SourceWorker, align: bool) -> dict:
+        t = self.cfg.train
+        hook = None
+        if align:
+            eta = eta_at(src.collector.steps, self.cfg)
+            hook = reward_alignment_hook(src.agent, self.sample_target(), eta, self.cfg, src.adapter)
+        batch = src.replay.sample(t.batch, t.length, device=self.session.device)
+        if self.finetune:
+            batch = pad_actions(batch, self.joint_dim)
+        post, metrics = src.agent.world_model_step(batch, extra_loss=hook)
+        metrics.update(src.agent.behaviour_step(post))
+        src.agent.finish_update()
+        return metrics
+
+    def target_update(self, wm_only: bool) -> dict:
+        if self.finetune:
+            return self.target.update(pad_actions(self.sample_target(), self.joint_dim))
+        src = self.sources[self.counters["selected"]].agent
+        post, metrics = self.target.world_model_step(self.sample_target(),
+                                                     extra_loss=state_alignment_hook(src, self.cfg))
+        if wm_only:
+            self.counters["target_wm_updates"] += 1
+            return metrics
+        metrics.update(self.target.behaviour_step(post, critic_extra=value_constraint_hook(src, self.cfg)))
+        self.target.finish_update()
+        return metrics
+
+    def evaluate_target(self, units: int) -> None:
+        if self.eval_env is None:
+            return
+        run_evaluation(self.session, self.policy, self.eval_env, units, tag="target_eval")
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> int:
+        session, c = self.session, self.counters
+        comps = self.components()
+        c.update(session.restore(comps))
+        logger = session.start(c["units"])
+        (session.dir / "schedule.json").write_text(json.dumps([asdict(p) for p in self.schedule], indent=1))
+        do_log, do_ckpt = Periodic(self.cfg.train.log_every), Periodic(self.cfg.train.checkpoint_every)
+        metrics: dict = {}
+        while c["phase"] < len(self.schedule) and not session.stopping:
+            phase = self.schedule[c["phase"]]
+            before = c["units"]
+            if c["done"] == 0:
+                if phase.select:
+                    self.select(before)
+                if phase.evaluate:
+                    self.evaluate_target(before)
+            if phase.kind in ("prefill", "source"):
+                i = phase.source if phase.source >= 0 else c["selected"]
+                metrics = self.source_step(i, phase) or metrics
+                tag = f"source{i}/"
+            else:
+                metrics = self.target_update(wm_only=phase.kind == "target_wm")
+                tag = "target/"
+            c["done"] += 1
+            c["units"] += phase.cost
+            if c["done"] == phase.length:
+                c["phase"], c["done"] = c["phase"] + 1, 0
+            after = c["units"]
+            if do_log(before, after) and metrics:
+                logger.scalars(after, {**metrics, "phase": c["phase"]}, prefix=tag)
+            logger.progress(after)
+            if do_ckpt(before, after):
+                session.save(comps, c, metrics)
+        if not session.stopping:
+            self.evaluate_target(c["units"])
+        return session.finish(comps, c)
+
+
+# -- command-line entry points (`coworld train --algo coworld|dv2-finetune`, `coworld eval`) ---------
+
+
+def train_from_args(args, cfg: Config) -> int:
+    from coworld.run.commands import _run_args, seed_everything
+
+    finetune = args.algo == "dv2-finetune"
+    if not args.source:
+        raise UserError(f"--algo {args.algo} needs at least one --source ENV_ID (see `coworld envs`)")
+    if finetune and len(args.source) > 1:
+        raise UserError("--algo dv2-finetune takes exactly one --source")
+    if not args.target_dataset:
+        raise UserError(f"--algo {args.algo} needs --target-dataset DIR (an offline dataset of the target task)")
+    for env_id in args.source + ([args.target_env] if args.target_env else []):
+        envs.spec(env_id)  # unknown ids fail here, before anything is written
+    cfg.coworld.state_align &= not args.no_state_align
+    cfg.coworld.reward_align &= not args.no_reward_align
+    cfg.coworld.value_constraint &= not args.no_value_constraint
+    cfg.coworld.no_max |= args.no_max
+    session = Session(args.logdir, run_args=_run_args(args), cfg=cfg, total=args.steps, unit="unit",
+                      progress=not args.no_progress, extendable=False)
+    seed_everything(session.cfg.seed)
+    trainer = CoWorldTrainer(session, args.source, args.target_dataset, args.target_env, finetune=finetune)
+    return trainer.run()
+
+
+def evaluation_agent(run_args: dict, cfg: Config, state: dict):
+    """(policy acting in the target env, target env id) of a saved CoWorld / DV2 Finetune run."""
+    if run_args["algo"] == "dv2-finetune":
+        dims = state["dims"]
+        agent = DreamerAgent(cfg, dims["source0_agent"])
+        agent.load_checkpoint_state(state["source0_agent"])
+        return ActionSlice(agent, dims["target_replay"]), run_args["target_env"]
+    agent = DreamerAgent(cfg, state["dims"]["target_agent"])
+    agent.load_checkpoint_state(state["target_agent"])
+    return agent, run_args["target_env"]
