@@ -72,9 +72,10 @@ def state_alignment_loss(
 def state_alignment_hook(source_agent, cfg: Config):
     """Build ``extra_loss(out)`` for the TARGET agent's ``world_model_step`` (stage A).
 
-    The source encoder, frozen, embeds the target frames ``out["image"]``; the loss of
-    :func:`state_alignment_loss` is added to the target world-model loss, so only the
-    target encoder (``out["embed"]``) is pulled toward the source's embedding.
+    The source encoder, frozen, embeds the same target frames (``out["image"]``, already
+    preprocessed to o / 255 - 0.5, channels-first, so it goes straight to the encoder);
+    the loss of :func:`state_alignment_loss` is added to the target world-model loss, so
+    only the target encoder (``out["embed"]``) is pulled toward the source's embedding.
     Returns ``None`` when ``cfg.coworld.state_align`` is off.
     """
     if not cfg.coworld.state_align:
@@ -82,7 +83,7 @@ def state_alignment_hook(source_agent, cfg: Config):
 
     def extra_loss(out):
         with torch.no_grad():
-            source_embed = source_agent.wm.encode(out["image"])
+            source_embed = source_agent.wm.encoder(out["image"])
         loss = state_alignment_loss(out["embed"], source_embed, cfg.coworld.beta2, cfg.coworld.align_scale)
         return loss, {"coworld/align_loss": loss.detach()}
 
@@ -149,11 +150,13 @@ def reward_alignment_hook(source_agent, target_batch: dict, eta: float, cfg: Con
     if not cfg.coworld.reward_align:
         return None
     wm = source_agent.wm
+    device = next(wm.parameters()).device
+    target_batch = {k: v.to(device) for k, v in target_batch.items()}
 
     def extra_loss(out):
         # NLL_S: the source's own reward term, recomputed on the source posterior features
-        # exactly as the agent's loss computes it.
-        nll_source = reward_nll(wm.reward(out["feat"]), out["reward"])
+        # the way the world-model loss computes it (mean over B, L of the per-step NLL).
+        nll_source = wm.reward_nll(out["feat"], out["reward"]).mean()
         # NLL_T: the source model on the target batch (gradient reaches encoder, RSSM, head).
         embed = wm.encode(target_batch["image"])
         action = adapter(target_batch["action"])
@@ -259,8 +262,11 @@ def domain_distances(target_agent, source_agents, target_images: torch.Tensor) -
 
     target_images: (B, L, 64, 64, 3) uint8 target frames. Returns (K,) for K sources.
     """
-    target_embed = target_agent.wm.encode(target_images)
-    return torch.stack([embedding_kl(src.wm.encode(target_images), target_embed).mean() for src in source_agents])
+    def embed(agent):
+        return agent.wm.encode(target_images.to(next(agent.wm.parameters()).device)).float().cpu()
+
+    target_embed = embed(target_agent)
+    return torch.stack([embedding_kl(embed(src), target_embed).mean() for src in source_agents])
 
 
 def select_source(distances: torch.Tensor) -> int:

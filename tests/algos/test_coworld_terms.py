@@ -27,17 +27,21 @@ from coworld.errors import UserError
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def preprocess(image):
+    return image.permute(0, 1, 4, 2, 3).float() / 255 - 0.5
+
+
 class FakeWM(nn.Module):
-    """The world-model surface the hooks use: encode, observe, feat, reward."""
+    """The world-model surface the hooks use: encoder / encode, observe, feat, reward, reward_nll."""
 
     def __init__(self, pixels=4 * 4 * 3, embed=6, action_dim=2, feat=5):
         super().__init__()
-        self.encoder = nn.Linear(pixels, embed)
+        self.encoder = nn.Sequential(nn.Flatten(-3), nn.Linear(pixels, embed))  # preprocessed frames
         self.rssm = nn.Linear(embed + action_dim, feat)
         self.head = nn.Linear(feat, 1)
 
     def encode(self, image):
-        return self.encoder(image.flatten(-3).float() / 255 - 0.5)
+        return self.encoder(preprocess(image))
 
     def observe(self, embed, action, is_first):
         stoch = torch.tanh(self.rssm(torch.cat([embed, action], -1)))
@@ -49,6 +53,9 @@ class FakeWM(nn.Module):
 
     def reward(self, feat):
         return self.head(feat).squeeze(-1)
+
+    def reward_nll(self, feat, target):
+        return 0.5 * (target - self.reward(feat)) ** 2 + HALF_LOG_2PI
 
 
 class FakeCritic(nn.Module):
@@ -107,11 +114,11 @@ def test_state_alignment_gradient_reaches_only_target_encoder():
     source, target = FakeAgent(), FakeAgent()
     obs = images()
     hook = state_alignment_hook(source, cfg)
-    loss, metrics = hook({"image": obs, "embed": target.wm.encode(obs)})
+    loss, metrics = hook({"image": preprocess(obs), "embed": target.wm.encode(obs)})
     assert loss.item() > 0 and "coworld/align_loss" in metrics
     loss.backward()
     assert all(p.grad is None for p in source.wm.parameters())
-    assert target.wm.encoder.weight.grad.abs().sum() > 0
+    assert target.wm.encoder[1].weight.grad.abs().sum() > 0
 
 
 def test_state_alignment_hook_off():
@@ -188,7 +195,7 @@ def test_reward_alignment_hook_value_and_gradients():
     assert metrics["coworld/reward_nll_target"].item() == pytest.approx(nll_t.item(), rel=1e-5)
 
     loss.backward()
-    for module in (source.wm.encoder, source.wm.rssm, source.wm.head):
+    for module in (source.wm.encoder[1], source.wm.rssm, source.wm.head):
         assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0
 
 
@@ -278,10 +285,98 @@ def test_select_source_picks_matching_encoder():
     matching, other = FakeAgent(), FakeAgent()
     matching.wm.load_state_dict(target.wm.state_dict())
     with torch.no_grad():
-        other.wm.encoder.weight.mul_(5.0)
+        other.wm.encoder[1].weight.mul_(5.0)
     distances = domain_distances(target, [other, matching], images())
     assert distances.shape == (2,)
     assert distances[1].item() == pytest.approx(0.0, abs=1e-6)
     assert distances[0].item() > 0
     assert select_source(distances) == 1
     assert select_source(torch.tensor([0.3, 0.1, 0.2])) == 1
+
+
+# --- End to end on tiny DreamerV2 agents ----------------------------------------
+
+
+def tiny_cfg():
+    from coworld.config import load_config
+
+    return load_config("tiny", ["model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4",
+                                "model.units=16", "behaviour.actor_units=16", "behaviour.critic_units=16",
+                                "behaviour.horizon=3"])
+
+
+def real_batch(b=2, l=3, action_dim=2):
+    return {
+        "image": torch.randint(0, 256, (b, l, 64, 64, 3), dtype=torch.uint8),
+        "action": torch.rand(b, l, action_dim) * 2 - 1,
+        "reward": torch.rand(b, l),
+        "discount": torch.ones(b, l),
+        "is_first": torch.tensor([[True, False, False]] * b),
+        "is_terminal": torch.zeros(b, l, dtype=torch.bool),
+    }
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def unchanged(module, before):
+    return all(torch.equal(p, q) for p, q in zip(module.parameters(), before))
+
+
+def test_hooks_on_real_agents():
+    from coworld.algos.dreamer import DreamerAgent
+
+    cfg = tiny_cfg()
+    source, target = DreamerAgent(cfg, action_dim=3), DreamerAgent(cfg, action_dim=2)
+    source_before = snapshot(source)
+
+    # Stage A in the target world-model step: the target encoder moves, the source does not.
+    enc_before = snapshot(target.wm.encoder)
+    post, metrics = target.world_model_step(real_batch(), extra_loss=state_alignment_hook(source, cfg))
+    assert metrics["coworld/align_loss"].item() > 0
+    assert not unchanged(target.wm.encoder, enc_before)
+
+    # Stage C in the target behaviour step: the source critic stays frozen.
+    metrics = target.behaviour_step(post, critic_extra=value_constraint_hook(source, cfg))
+    assert torch.isfinite(metrics["coworld/value_constraint"])
+    assert unchanged(source, source_before)
+    assert all(p.grad is None for p in source.critic.parameters())
+
+    # Stage B in the source world-model step, target actions 2-D into the 3-D source model.
+    enc_before = snapshot(source.wm.encoder)
+    hook = reward_alignment_hook(source, real_batch(action_dim=2), 0.5, cfg, ActionAdapter(3, 2))
+    _, metrics = source.world_model_step(real_batch(action_dim=3), extra_loss=hook)
+    assert torch.isfinite(metrics["coworld/reward_nll_target"])
+    assert not unchanged(source.wm.encoder, enc_before)
+
+
+def test_reward_alignment_total_on_real_agent():
+    """The world-model loss with the hook equals the loss with reward term c_r * Eq. 5."""
+    from coworld.algos.dreamer import DreamerAgent
+
+    cfg = tiny_cfg()
+    cfg.model.reward_scale = 2.0
+    source = DreamerAgent(cfg, action_dim=2)
+    src, tgt = real_batch(), real_batch()
+    eta = 0.3
+    hook = reward_alignment_hook(source, tgt, eta, cfg, ActionAdapter(2, 2))
+    torch.manual_seed(1)
+    loss, out, metrics = source.wm.loss(src)
+    extra, m = hook(out)
+    nll_s, nll_t = metrics["model/reward_loss"], m["coworld/reward_nll_target"]
+    other = loss.detach() - 2.0 * nll_s  # image + KL terms
+    expected = other + 2.0 * (eta * nll_s + (1 - eta) * nll_t)
+    assert (loss + extra).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert m["coworld/reward_nll_source"].item() == pytest.approx(nll_s.item(), rel=1e-6)
+
+
+def test_domain_distances_on_real_agents():
+    from coworld.algos.dreamer import DreamerAgent
+
+    cfg = tiny_cfg()
+    target, other, matching = (DreamerAgent(cfg, action_dim=2) for _ in range(3))
+    matching.wm.load_state_dict(target.wm.state_dict())
+    distances = domain_distances(target, [other, matching], real_batch()["image"])
+    assert distances[1].item() == pytest.approx(0.0, abs=1e-6) and distances[0].item() > 0
+    assert select_source(distances) == 1
