@@ -190,7 +190,7 @@ class CoWorldTrainer:
     # -- the pieces of work ------------------------------------------------------------------
     def sample_target(self) -> dict:
         t = self.cfg.train
-        return self.target_replay.sample(t.batch, t.length, device=self.session.device)
+        return self.target_replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling)
 
     def select(self, units: int) -> None:
         if len(self.sources) > 1:
@@ -229,7 +229,7 @@ class CoWorldTrainer:
         if align:
             eta = eta_at(src.collector.steps, self.cfg)
             hook = reward_alignment_hook(src.agent, self.sample_target(), eta, self.cfg, src.adapter)
-        batch = src.replay.sample(t.batch, t.length, device=self.session.device)
+        batch = src.replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling)
         if self.finetune:
             batch = pad_actions(batch, self.joint_dim)
         post, metrics = src.agent.world_model_step(batch, extra_loss=hook)
@@ -261,6 +261,8 @@ class CoWorldTrainer:
         comps = self.components()
         c.update(session.restore(comps))
         logger = session.start(c["units"])
+        if not session.resuming:  # from now on a killed run always has a checkpoint to resume from
+            session.save(comps, c)
         (session.dir / "schedule.json").write_text(json.dumps([asdict(p) for p in self.schedule], indent=1))
         do_log, do_ckpt = Periodic(self.cfg.train.log_every), Periodic(self.cfg.train.checkpoint_every)
         metrics: dict = {}

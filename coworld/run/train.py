@@ -74,6 +74,8 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
     counters = {"pretrained": False}
     counters.update(session.restore(components))
     logger = session.start(collector.steps)
+    if not session.resuming:  # from now on a killed run always has a checkpoint to resume from
+        session.save(components, counters)
     do_eval, do_log = Periodic(cfg.train.eval_every), Periodic(cfg.train.log_every)
     do_ckpt = Periodic(cfg.train.checkpoint_every)
     metrics: dict = {}
@@ -92,7 +94,7 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
             elif collector.steps % cfg.train.train_every == 0:
                 n = 1
             for _ in range(n):
-                metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device))
+                metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
         after = collector.steps
         if do_eval(before, after):
             evals += 1
@@ -125,13 +127,15 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
     components = {"agent": agent, "replay": replay}
     session.restore(components)
     logger = session.start(agent.updates)
+    if not session.resuming:
+        session.save(components, {})
     do_eval, do_log = Periodic(cfg.train.eval_every), Periodic(cfg.train.log_every)
     do_ckpt = Periodic(cfg.train.checkpoint_every)
     metrics: dict = {}
     logger.rate("updates", agent.updates)
     while agent.updates < session.total and not session.stopping:
         before = agent.updates
-        metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device))
+        metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
         after = agent.updates
         if eval_env is not None and do_eval(before, after):
             run_evaluation(session, agent, eval_env, after)

@@ -1,0 +1,114 @@
+"""Bit-exact resume: a run killed at any moment (kill -9, SIGTERM) and re-run with the same command
+ends in the same state as an uninterrupted run; a larger --steps extends a finished run exactly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from coworld.run.checkpoint import load_checkpoint
+
+SMALL = [
+    "model.depth=4", "model.stoch=4", "model.deter=16", "model.hidden=16", "model.units=16",
+    "behaviour.actor_units=16", "behaviour.critic_units=16", "behaviour.horizon=3",
+    "behaviour.slow_critic_every=7", "train.batch=2", "train.length=6", "train.prefill=30",
+    "train.pretrain=3", "train.train_every=4", "train.checkpoint_every=10", "train.log_every=10",
+    "train.eval_every=60", "train.eval_episodes=1", "train.threads=1", "env.time_limit=15",
+]
+
+
+def command(logdir, steps, algo_args):
+    args = [sys.executable, "-m", "coworld", "train", *algo_args, "--preset", "tiny", "--steps", str(steps),
+            "--logdir", str(logdir), "--seed", "3", "--no-progress"]
+    for item in SMALL:
+        args += ["--set", item]
+    return args
+
+
+def run(logdir, steps, algo_args):
+    proc = subprocess.run(command(logdir, steps, algo_args), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def run_and_kill(logdir, steps, algo_args, sig, after_checkpoints):
+    """Start the run, wait until it has rewritten its checkpoint a few times, then send ``sig``."""
+    proc = subprocess.Popen(command(logdir, steps, algo_args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = Path(logdir) / "checkpoint.pt"
+    seen, last = 0, None
+    deadline = time.time() + 240
+    while proc.poll() is None and seen < after_checkpoints and time.time() < deadline:
+        mtime = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+        if mtime != last and mtime is not None:
+            seen, last = seen + 1, mtime
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+    proc.wait(timeout=120)
+    return proc
+
+
+def assert_same_state(a_dir, b_dir):
+    a, b = load_checkpoint(a_dir), load_checkpoint(b_dir)
+    assert a["counters"] == b["counters"]
+
+    def walk(x, y, path):
+        if isinstance(x, torch.Tensor):
+            assert torch.equal(x, y), f"{path} differs"
+        elif isinstance(x, dict):
+            assert x.keys() == y.keys(), path
+            for k in x:
+                walk(x[k], y[k], f"{path}.{k}")
+        elif isinstance(x, (list, tuple)):
+            assert len(x) == len(y), path
+            for i, (u, v) in enumerate(zip(x, y)):
+                walk(u, v, f"{path}[{i}]")
+        elif isinstance(x, str) and x.endswith(".npz"):  # episode files: same sequence number and length
+            assert x.split("-")[1][:8] + x.split("-")[-1] == y.split("-")[1][:8] + y.split("-")[-1], path
+        else:
+            assert x == y, f"{path}: {x!r} != {y!r}"
+
+    for key in a:
+        if key not in ("rng", "logger"):
+            walk(a[key], b[key], key)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+DREAMER = ["--algo", "dreamer", "--env", "builtin:reach"]
+
+
+@pytest.mark.slow
+def test_dreamer_kill9_and_sigterm_resume_bit_identical(tmp_path):
+    steps = 140
+    run(tmp_path / "ref", steps, DREAMER)
+    # kill -9 mid-run (possibly mid-episode or mid-write), then SIGTERM, then finish
+    proc = run_and_kill(tmp_path / "cut", steps, DREAMER, signal.SIGKILL, after_checkpoints=4)
+    assert proc.returncode == -signal.SIGKILL
+    proc = run_and_kill(tmp_path / "cut", steps, DREAMER, signal.SIGTERM, after_checkpoints=3)
+    assert proc.returncode in (0, 128 + signal.SIGTERM), proc.stderr[-2000:]
+    run(tmp_path / "cut", steps, DREAMER)
+    assert_same_state(tmp_path / "ref", tmp_path / "cut")
+    ref_files = sorted(p.name for p in (tmp_path / "ref" / "replay").glob("*.npz"))
+    cut_files = sorted(p.name for p in (tmp_path / "cut" / "replay").glob("*.npz"))
+    assert [f.split("-")[-1] for f in ref_files] == [f.split("-")[-1] for f in cut_files]
+
+
+@pytest.mark.slow
+def test_dreamer_extend_finished_run_equals_longer_run(tmp_path):
+    run(tmp_path / "long", 120, DREAMER)
+    run(tmp_path / "ext", 70, DREAMER)
+    run(tmp_path / "ext", 120, DREAMER)
+    assert_same_state(tmp_path / "long", tmp_path / "ext")
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    run(tmp_path / "r", 20, DREAMER)
+    args = command(tmp_path / "r", 20, ["--algo", "dreamer", "--env", "builtin:wall"])
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "other settings" in proc.stderr and "builtin:wall" in proc.stderr
