@@ -1,4 +1,5 @@
-"""`coworld data make | validate | info`: make, check and describe episode datasets."""
+"""`coworld data make | validate | info | import | export | collect`: make, check, describe, convert
+and collect episode datasets."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import json
 
 import numpy as np
 
+from coworld.data.collect import COLLECT_LEVELS, COLLECTORS
 from coworld.data.episodes import DatasetError, list_episode_files, load_episode, read_npz, read_sidecar
+from coworld.data.interop import EXPORT_FORMATS, IMPORT_FORMATS, REPAIRS
 from coworld.data.make import LEVELS, make_dataset
 from coworld.data.validate import validate_directory
 
@@ -34,6 +37,37 @@ def register(subparsers) -> None:
     info.add_argument("dir", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(func=run_info)
+
+    imp = sub.add_parser("import", help="convert a community dataset (npz, V-D4RL HDF5, Minari) to episodes")
+    imp.add_argument("sources", nargs="+", metavar="SRC", help="source directories or files")
+    imp.add_argument("--format", required=True, choices=IMPORT_FORMATS, help="source format (docs/collection.md)")
+    imp.add_argument("--out", required=True, help="output directory (new or empty)")
+    imp.add_argument("--resize", type=int, default=0, help="vd4rl-hdf5: area-resize images to this size, e.g. 64")
+    imp.add_argument("--repair", choices=REPAIRS, help="npz: 'truncate' cuts keys of unequal length to the shortest")
+    imp.add_argument("--env", help="environment id to record in dataset.json, e.g. dmc:walker_walk")
+    imp.set_defaults(func=run_import)
+
+    exp = sub.add_parser("export", help="write an episode directory in a community format (Minari)")
+    exp.add_argument("dir", help="dataset directory")
+    exp.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="target format")
+    exp.add_argument("--out", required=True, help="output directory (new or empty)")
+    exp.add_argument("--dataset-id", help="Minari dataset id (default coworld/<dir name>-v0)")
+    exp.set_defaults(func=run_export)
+
+    collect = sub.add_parser("collect", help="train an online agent and keep its replay up to a level")
+    collect.add_argument("--env", required=True, help="environment id, e.g. dmc:walker_downhill")
+    collect.add_argument("--level", required=True, choices=COLLECT_LEVELS, help="dataset level (docs/collection.md)")
+    collect.add_argument("--out", required=True, help="output directory; re-running the command resumes")
+    collect.add_argument("--collector", default="sac-state", choices=COLLECTORS,
+                         help="sac-state: SAC on low-dimensional states (cheap); dreamer: pixel DreamerV2 (paper)")
+    collect.add_argument("--reference-score", type=float, help="return that counts as 1.0 (default: env/table)")
+    collect.add_argument("--seed", type=int, default=0, help="seed")
+    collect.add_argument("--max-steps", type=int, default=0, help="stop after this many agent steps (0 = none)")
+    collect.add_argument("--time-limit", type=int, default=0, help="agent steps per episode (0 = env default)")
+    collect.add_argument("--eval-every", type=int, default=0, help="agent steps between evaluations (0 = default)")
+    collect.add_argument("--preset", default="dv2-official", help="dreamer collector: config preset")
+    collect.add_argument("--device", default="auto", help="torch device of the agent")
+    collect.set_defaults(func=run_collect)
 
 
 def run_make(args) -> int:
@@ -122,4 +156,46 @@ def run_info(args) -> int:
         print("made by    " + json.dumps(made))
     if info["unreadable"]:
         print(f"{len(info['unreadable'])} unreadable file(s), e.g. {info['unreadable'][0]}; run `coworld data validate`")
+    return 0
+
+
+def run_import(args) -> int:
+    from coworld.data import interop
+
+    if args.resize and args.format != "vd4rl-hdf5":
+        raise DatasetError("--resize applies to --format vd4rl-hdf5 only")
+    if args.repair and args.format != "npz":
+        raise DatasetError("--repair applies to --format npz only")
+    if args.format == "npz":
+        side = interop.import_npz(args.sources, args.out, repair=args.repair, env=args.env)
+    elif args.format == "vd4rl-hdf5":
+        side = interop.import_vd4rl_hdf5(args.sources, args.out, resize=args.resize or None, env=args.env)
+    else:
+        if len(args.sources) != 1:
+            raise DatasetError("--format minari takes one source (a dataset directory or a local dataset id)")
+        side = interop.import_minari(args.sources[0], args.out, env=args.env)
+    print(f"wrote {side['counts']['episodes']} episodes ({side['counts']['steps']} steps) to {args.out}")
+    return 0
+
+
+def run_export(args) -> int:
+    from coworld.data import interop
+
+    out = interop.export_minari(args.dir, args.out, dataset_id=args.dataset_id)
+    print(f"wrote a Minari dataset to {out / 'data'}; read it with minari.MinariDataset('{out / 'data'}')")
+    return 0
+
+
+def run_collect(args) -> int:
+    from coworld.data.collect import collect_dataset
+
+    options = {"time_limit": args.time_limit} if args.time_limit else {}
+    side = collect_dataset(
+        args.env, args.level, args.out, collector=args.collector, reference_score=args.reference_score,
+        seed=args.seed, max_steps=args.max_steps or None, eval_every=args.eval_every or None,
+        preset=args.preset, device=args.device, progress=True, **options,
+    )
+    made = side["collection"]
+    print(f"{made['status']}: {side['counts']['episodes']} episodes ({side['counts']['steps']} steps) in {args.out}; "
+          f"best evaluation return {made['best_eval_return']} (target {made['target_return']:.1f})")
     return 0

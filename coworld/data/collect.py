@@ -1,0 +1,435 @@
+"""Dataset collection from the replay of an agent learning online (SPEC section 11; docs/collection.md).
+
+The paper's DMC datasets are replays: every transition a DreamerV2 agent collected while it trained
+online on the target task, kept until the agent first reached a level. ``collect_dataset`` does
+exactly that. It evaluates the agent every ``eval_every`` agent steps (at the end of an episode,
+``eval_episodes`` episodes with the actor's mean action) and stops at the first evaluation whose mean
+return reaches the level's fraction of a reference score:
+
+- ``medium-replay``: 0.5 of the reference (V-D4RL's "medium");
+- ``medium-expert``: 0.9 of the reference (the replay until expert level).
+
+The reference score is ``reference_score`` if given, else the env spec's ``expert_score`` (the scripted
+expert of the built-in suite, measured again when ``time_limit`` / ``action_repeat`` change), else
+:data:`REFERENCE_TABLE`. Two collectors:
+
+- ``dreamer``: the paper's collector, the pixel DreamerV2 agent of ``coworld.algos.dreamer`` trained as
+  in ``coworld.run.train.train_dreamer`` (days on a CPU; hours on a GPU);
+- ``sac-state``: a small SAC (twin Q, tanh-Gaussian actor, learned entropy temperature; Haarnoja et al.
+  2018) on the low-dimensional ``state`` observation, while the rendered 64x64 images are recorded into
+  the episodes (as V-D4RL made its data with a state-based agent).
+
+Every finished episode is written to the output directory at once (``Replay`` online mode). Re-running
+the same command resumes from ``<out>/.collect/checkpoint.pt`` (agent, optimizers, RNGs, collector
+position); episodes written after that checkpoint are removed and collected again. The sidecar's
+``collection`` entry records the collector, level, reference score (and where it came from), every
+evaluation and the status (``running``, ``complete`` or ``max-steps``).
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coworld.data.episodes import list_episode_files, load_episode, read_sidecar, space_info, update_sidecar
+from coworld.data.replay import Replay
+from coworld.errors import UserError
+from coworld.run.checkpoint import generator_state, load_checkpoint, rng_state, save_checkpoint, set_generator_state, set_rng_state
+from coworld.run.driver import Collector, evaluate
+
+COLLECT_LEVELS = ("medium-replay", "medium-expert")
+COLLECTORS = ("sac-state", "dreamer")
+LEVEL_FRACTION = {"medium-replay": 0.5, "medium-expert": 0.9}  # of the reference score
+CHECKPOINT_DIR = ".collect"
+
+# Reference scores where the env spec has none: DMC rewards lie in [0, 1] per control (physics) step,
+# so the best possible return is the number of control steps, 1000 for the standard episode of
+# 500 agent steps x action repeat 2 (the 0-1000 scale of V-D4RL and the paper). Meta-World and
+# RoboDesk have no agreed reference: pass --reference-score.
+REFERENCE_TABLE = {"dmc": "control steps per episode (time_limit x action_repeat) x 1.0"}
+
+
+def resolve_reference_score(env_id: str, env_options: dict, given: float | None = None) -> tuple[float, str]:
+    """(score, how it was set) for ``env_id`` at ``env_options`` (time_limit, action_repeat, ...)."""
+    import coworld.envs as envs
+
+    if given is not None:
+        if given <= 0:
+            raise UserError(f"--reference-score must be positive (got {given})")
+        return float(given), "--reference-score"
+    spec = envs.spec(env_id)
+    changed = "time_limit" in env_options or "action_repeat" in env_options
+    if spec.expert_score is not None and not changed:
+        return float(spec.expert_score), "env spec expert_score (scripted expert)"
+    if spec.expert_score is not None:
+        from coworld.data.make import mean_return
+
+        env = envs.make(env_id, **env_options)
+        seeds = [int(s) for s in np.random.SeedSequence(12345).generate_state(20)]
+        score = mean_return(env, 1.0, seeds)
+        env.close()
+        return score, "scripted expert's mean return over 20 episodes at these env options"
+    if spec.suite == "dmc":
+        steps = (env_options.get("time_limit") or spec.time_limit) * (env_options.get("action_repeat") or spec.action_repeat)
+        return float(steps), f"table: DMC, {REFERENCE_TABLE['dmc']}"
+    raise UserError(
+        f"{env_id} has no known reference score; pass --reference-score (the return that counts as "
+        "expert, e.g. the best return of an agent trained on the task)"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# SAC on states
+
+
+def mlp(inp: int, out: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+class SAC(nn.Module):
+    """Soft actor-critic: twin Q with target copies, tanh-Gaussian actor, automatic temperature
+    (target entropy -A). It acts through the agent interface of ``coworld.run.driver`` on ``obs["state"]``."""
+
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = 256, lr: float = 3e-4,
+                 gamma: float = 0.99, tau: float = 0.005):
+        super().__init__()
+        self.action_dim, self.gamma, self.tau = action_dim, gamma, tau
+        self.actor = mlp(state_dim, 2 * action_dim, hidden)
+        self.q1, self.q2 = mlp(state_dim + action_dim, 1, hidden), mlp(state_dim + action_dim, 1, hidden)
+        self.q1_target, self.q2_target = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
+        self.q1_target.requires_grad_(False)
+        self.q2_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.zeros(()))
+        self.target_entropy = -float(action_dim)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr)
+        self.updates = 0
+
+    def policy(self, state: torch.Tensor, explore: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Action in [-1, 1] and its log-probability (tanh change of variables)."""
+        mean, log_std = self.actor(state).chunk(2, -1)
+        log_std = -5 + 3.5 * (torch.tanh(log_std) + 1)  # in [-5, 2]
+        dist = torch.distributions.Normal(mean, log_std.exp())
+        u = dist.rsample() if explore else mean
+        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), the numerically stable form
+        logp = dist.log_prob(u).sum(-1) - (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return torch.tanh(u), logp
+
+    def q(self, state, action):
+        sa = torch.cat([state, action], -1)
+        return self.q1(sa)[..., 0], self.q2(sa)[..., 0]
+
+    def update(self, s, a, r, s2, terminal) -> dict:
+        alpha = self.log_alpha.exp().detach()
+        with torch.no_grad():
+            a2, logp2 = self.policy(s2)
+            q1_t, q2_t = (net(torch.cat([s2, a2], -1))[..., 0] for net in (self.q1_target, self.q2_target))
+            target = r + self.gamma * (1 - terminal) * (torch.min(q1_t, q2_t) - alpha * logp2)
+        q1, q2 = self.q(s, a)
+        q_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+
+        action, logp = self.policy(s)
+        q1_pi, q2_pi = self.q(s, action)
+        actor_loss = (alpha * logp - torch.min(q1_pi, q2_pi)).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        with torch.no_grad():
+            for net, tgt in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
+                for p, p_t in zip(net.parameters(), tgt.parameters()):
+                    p_t.lerp_(p, self.tau)
+        self.updates += 1
+        return {"q_loss": q_loss.item(), "actor_loss": actor_loss.item(), "alpha": alpha.item()}
+
+    # the agent interface of coworld.run.driver (Collector, evaluate)
+    def initial_policy_state(self, n: int):
+        return None
+
+    @torch.no_grad()
+    def act(self, obs: dict, state, is_first, explore: bool):
+        action, _ = self.policy(torch.as_tensor(obs["state"], dtype=torch.float32), explore)
+        return action.numpy().astype(np.float32), None
+
+    def checkpoint_state(self) -> dict:
+        return {"nets": self.state_dict(), "actor_opt": self.actor_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
+                "alpha_opt": self.alpha_opt.state_dict(), "updates": self.updates}
+
+    def load_checkpoint_state(self, d: dict) -> None:
+        self.load_state_dict(d["nets"])
+        self.actor_opt.load_state_dict(d["actor_opt"])
+        self.q_opt.load_state_dict(d["q_opt"])
+        self.alpha_opt.load_state_dict(d["alpha_opt"])
+        self.updates = int(d["updates"])
+
+
+class TransitionBuffer:
+    """(s, a, r, s', terminal) of finished episodes, in arrays grown by doubling; uniform sampling."""
+
+    def __init__(self, seed: int):
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 11]))
+        self.arrays: dict[str, np.ndarray] = {}
+        self.size = 0
+
+    def add_episode(self, ep: dict) -> None:
+        if "state" not in ep:
+            raise UserError("the sac-state collector needs a 'state' observation; this env gives none")
+        rows = {"s": ep["state"][:-1], "a": ep["action"][1:], "r": ep["reward"][1:], "s2": ep["state"][1:],
+                "terminal": ep["is_terminal"][1:].astype(np.float32)}
+        n = len(rows["r"])
+        if not self.arrays:
+            self.arrays = {k: np.zeros((max(n, 1024), *v.shape[1:]), np.float32) for k, v in rows.items()}
+        while self.size + n > len(self.arrays["r"]):
+            self.arrays = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in self.arrays.items()}
+        for key, value in rows.items():
+            self.arrays[key][self.size:self.size + n] = value
+        self.size += n
+
+    def sample(self, batch: int) -> list[torch.Tensor]:
+        idx = self.rng.integers(0, self.size, batch)
+        return [torch.from_numpy(self.arrays[k][idx]) for k in ("s", "a", "r", "s2", "terminal")]
+
+
+class SACLearner:
+    """sac-state: one SAC update per agent step once ``prefill`` random steps are collected."""
+
+    name = "sac-state"
+
+    def __init__(self, env, replay: Replay, seed: int, prefill: int = 1000, batch: int = 256, **sac):
+        state_dim = env.observation_space["state"].shape[0]
+        self.agent = SAC(state_dim, env.action_space.shape[0], **sac)
+        self.buffer = TransitionBuffer(seed)
+        self.replay, self.prefill, self.batch = replay, prefill, batch
+        self.settings = {"prefill": prefill, "batch": batch, "updates_per_step": 1, **sac}
+
+    def add_episode(self, ep: dict) -> None:
+        self.buffer.add_episode(ep)
+
+    def train(self, steps: int) -> None:
+        if steps >= self.prefill and self.buffer.size >= self.batch:
+            self.agent.update(*self.buffer.sample(self.batch))
+
+    def state_dict(self) -> dict:
+        return {"agent": self.agent.checkpoint_state(), "buffer_rng": generator_state(self.buffer.rng)}
+
+    def load_state_dict(self, d: dict, directory: Path) -> None:
+        self.agent.load_checkpoint_state(d["agent"])
+        for name in self.replay.names:  # the transitions are the episodes on disk
+            self.buffer.add_episode(load_episode(directory / name))
+        set_generator_state(self.buffer.rng, d["buffer_rng"])
+
+
+class DreamerLearner:
+    """dreamer: pixel DreamerV2 with train_dreamer's schedule (prefill, pretrain burst, train_every)."""
+
+    name = "dreamer"
+
+    def __init__(self, env, replay: Replay, seed: int, preset: str = "dv2-official", device: str = "auto",
+                 overrides=()):
+        from coworld.algos.dreamer import DreamerAgent
+        from coworld.config import load_config
+
+        self.cfg = load_config(preset, [*overrides, f"seed={seed}"])
+        self.agent = DreamerAgent(self.cfg, env.action_space.shape[0], device=device)
+        self.replay, self.prefill, self.pretrained = replay, self.cfg.train.prefill, False
+        self.settings = {"preset": preset, "overrides": list(overrides), "prefill": self.prefill}
+
+    def add_episode(self, ep: dict) -> None:
+        pass  # the agent samples from the replay itself
+
+    def train(self, steps: int) -> None:
+        t = self.cfg.train
+        if steps < self.prefill or self.replay.num_episodes == 0:
+            return
+        n = 1 if steps % t.train_every == 0 else 0
+        if not self.pretrained:
+            n, self.pretrained = t.pretrain, True
+        for _ in range(n):
+            self.agent.update(self.replay.sample(t.batch, t.length, device=self.agent.device, mode=t.sampling))
+
+    def state_dict(self) -> dict:
+        return {"agent": self.agent.checkpoint_state(), "pretrained": self.pretrained}
+
+    def load_state_dict(self, d: dict, directory: Path) -> None:
+        self.agent.load_checkpoint_state(d["agent"])
+        self.pretrained = bool(d["pretrained"])
+
+
+class _Sink:
+    """What the Collector writes finished episodes to: the on-disk replay and the learner."""
+
+    def __init__(self, replay: Replay, learner):
+        self.replay, self.learner = replay, learner
+
+    def add_episode(self, ep: dict) -> str:
+        name = self.replay.add_episode(ep)
+        self.learner.add_episode(ep)
+        return name
+
+
+# --------------------------------------------------------------------------------------------------
+# The collection loop
+
+
+def collect_dataset(
+    env_id: str,
+    level: str,
+    out,
+    *,
+    collector: str = "sac-state",
+    reference_score: float | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+    eval_every: int | None = None,
+    eval_episodes: int | None = None,
+    checkpoint_every: int = 5000,
+    progress: bool = False,
+    preset: str = "dv2-official",
+    device: str = "auto",
+    overrides=(),
+    learner_options: dict | None = None,
+    **env_options,
+) -> dict:
+    """Collect the replay of a ``collector`` agent learning ``env_id`` until ``level`` into ``out``.
+
+    Resumes when ``out`` holds an unfinished collection with the same settings. ``eval_every``
+    defaults to 10 episodes' worth of agent steps; ``eval_episodes`` to 5 (sac-state) or the
+    preset's ``train.eval_episodes`` (dreamer); ``learner_options`` go to the learner (SAC:
+    ``prefill``, ``batch``, ``hidden``, ``lr``, ``gamma``, ``tau``; dreamer: ``overrides`` of the preset).
+    Returns the sidecar written.
+    """
+    import coworld.envs as envs
+
+    if level not in COLLECT_LEVELS:
+        raise UserError(f"unknown collection level '{level}'; choose one of: {', '.join(COLLECT_LEVELS)}")
+    if collector not in COLLECTORS:
+        raise UserError(f"unknown collector '{collector}'; choose one of: {', '.join(COLLECTORS)}")
+    out = Path(out)
+    ckpt_path = out / CHECKPOINT_DIR / "checkpoint.pt"
+    settings = {"env": env_id, "level": level, "collector": collector, "seed": seed, "env_options": env_options}
+    made = ((read_sidecar(out) if out.is_dir() else None) or {}).get("collection") or {}
+    if made.get("method") == "online-replay":
+        old = {k: made.get(k) for k in settings}
+        if old != settings:
+            raise UserError(f"{out} holds a collection made with {old}; use the same settings to resume, or a new --out")
+        if made["status"] == "complete" or (made["status"] == "max-steps" and (not max_steps or made["steps"] >= max_steps)):
+            return read_sidecar(out)
+        if not ckpt_path.exists():
+            raise UserError(f"{out}: the collection is unfinished but {ckpt_path} is missing; start again in a new --out")
+    elif out.is_dir() and list_episode_files(out):
+        raise UserError(f"{out} already holds episodes not made by `data collect`; choose a new or empty directory")
+
+    spec = envs.spec(env_id)
+    if made.get("method") == "online-replay":
+        ref, ref_source = made["reference_score"], made["reference_source"]
+    else:
+        ref, ref_source = resolve_reference_score(env_id, env_options, reference_score)
+    target = LEVEL_FRACTION[level] * ref
+    env = envs.make(env_id, **env_options)
+    eval_env = _eval_env(env_id, collector, env_options)
+    steps_per_episode = env_options.get("time_limit") or spec.time_limit
+    eval_every = eval_every or 10 * steps_per_episode
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    out.mkdir(parents=True, exist_ok=True)
+    replay = Replay(out, readonly=False, seed=seed)
+    options = dict(learner_options or {})
+    if collector == "sac-state":
+        learner = SACLearner(env, replay, seed, **options)
+        eval_episodes = eval_episodes or 5
+    else:
+        learner = DreamerLearner(env, replay, seed, preset=preset, device=device, overrides=overrides)
+        eval_episodes = eval_episodes or learner.cfg.train.eval_episodes
+    driver = Collector(env, _Sink(replay, learner), seed=seed, action_dim=env.action_space.shape[0])
+    record = {"evaluations": [], "last_eval": 0}
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)
+        replay.load_state_dict(ck["replay"])
+        learner.load_state_dict(ck["learner"], out)
+        driver.load_state_dict(ck["collector"])
+        set_rng_state(ck["rng"])
+        record = {"evaluations": [list(e) for e in ck["evaluations"]], "last_eval": int(ck["last_eval"])}
+
+    def collection(status: str) -> dict:
+        best = max((r for _, r in record["evaluations"]), default=None)
+        reached = next((s for s, r in record["evaluations"] if r >= target), None)
+        return {
+            "method": "online-replay", **settings, "status": status, "steps": driver.steps,
+            "reference_score": ref, "reference_source": ref_source, "target_fraction": LEVEL_FRACTION[level],
+            "target_return": target, "reached_at_step": reached, "best_eval_return": best,
+            "evaluations": record["evaluations"], "eval_every": eval_every, "eval_episodes": eval_episodes,
+            "max_steps": max_steps, "learner": learner.settings,
+        }
+
+    def save() -> None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(ckpt_path, {
+            "replay": replay.state_dict(), "learner": learner.state_dict(), "collector": driver.state_dict(),
+            "rng": rng_state(), "evaluations": record["evaluations"], "last_eval": record["last_eval"],
+        })
+
+    update_sidecar(out, collection=collection("running"), env=env_id, env_options=env_options,
+                   observation_space=space_info(env.observation_space), action_space=space_info(env.action_space),
+                   action_repeat=env_options.get("action_repeat") or spec.action_repeat)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, initial=driver.steps, unit="step", desc=f"{env_id} {level} ({collector})")
+    status = "running"
+    while status == "running":
+        before = driver.steps
+        episode = driver.step(learner.agent if before >= learner.prefill else None)
+        learner.train(driver.steps)
+        if bar is not None:
+            bar.update(1)
+        if episode and driver.steps - record["last_eval"] >= eval_every:
+            result = evaluate(learner.agent, eval_env, episodes=eval_episodes, seed=seed + 10_000 + driver.steps)
+            mean = float(np.mean(result["returns"]))
+            record["evaluations"].append([driver.steps, mean])
+            record["last_eval"] = driver.steps
+            if mean >= target:
+                status = "complete"
+            if bar is not None:
+                bar.set_postfix(eval_return=f"{mean:.1f}", target=f"{target:.1f}")
+            update_sidecar(out, collection=collection("running"))
+        if status == "running" and episode and max_steps and driver.steps >= max_steps:
+            status = "max-steps"
+        if status == "running" and driver.steps // checkpoint_every > before // checkpoint_every:
+            save()
+    if bar is not None:
+        bar.close()
+    env.close()
+    eval_env.close()
+    if status == "complete":
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    else:
+        save()  # a larger --max-steps continues from here
+    return update_sidecar(out, collection=collection(status))
+
+
+def _eval_env(env_id: str, collector: str, env_options: dict):
+    """Evaluation env; without rendering (obs="state") for sac-state where the suite supports it."""
+    import coworld.envs as envs
+
+    if collector == "sac-state":
+        try:
+            return envs.make(env_id, obs="state", **env_options)
+        except UserError:
+            pass  # the suite renders cheaply or has no state-only mode
+    return envs.make(env_id, **env_options)
