@@ -116,6 +116,10 @@ class ActionSlice:
     def __init__(self, agent, dim: int):
         self.agent, self.action_dim = agent, dim
 
+    @property
+    def updates(self) -> int:
+        return self.agent.updates
+
     def initial_policy_state(self, n: int):
         return self.agent.initial_policy_state(n)
 

@@ -22,22 +22,22 @@ SMALL = [
 ]
 
 
-def command(logdir, steps, algo_args):
+def command(logdir, steps, algo_args, sets=SMALL):
     args = [sys.executable, "-m", "coworld", "train", *algo_args, "--preset", "tiny", "--steps", str(steps),
             "--logdir", str(logdir), "--seed", "3", "--no-progress"]
-    for item in SMALL:
+    for item in sets:
         args += ["--set", item]
     return args
 
 
-def run(logdir, steps, algo_args):
-    proc = subprocess.run(command(logdir, steps, algo_args), capture_output=True, text=True, timeout=300)
+def run(logdir, steps, algo_args, sets=SMALL):
+    proc = subprocess.run(command(logdir, steps, algo_args, sets), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def run_and_kill(logdir, steps, algo_args, sig, after_checkpoints):
+def run_and_kill(logdir, steps, algo_args, sig, after_checkpoints, sets=SMALL):
     """Start the run, wait until it has rewritten its checkpoint a few times, then send ``sig``."""
-    proc = subprocess.Popen(command(logdir, steps, algo_args), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(logdir, steps, algo_args, sets), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     ckpt = Path(logdir) / "checkpoint.pt"
     seen, last = 0, None

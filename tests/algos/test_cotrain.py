@@ -1,0 +1,117 @@
+"""CoWorld co-training schedule, multi-source runs, DV2 Finetune, and bit-exact resume across stages."""
+
+import json
+import signal
+
+import pytest
+
+from coworld.algos.cotrain import build_schedule, finetune_schedule, full_source_steps
+from coworld.cli import main
+from coworld.config import load_config
+from coworld.data.make import make_dataset
+from tests.run.test_resume import SMALL, assert_same_state, run, run_and_kill
+
+CO_SMALL = ["coworld.block_steps=20", "coworld.warmup_blocks=1", "coworld.wm_warmup_rounds=1",
+            "coworld.outer_iters=1", "coworld.target_blocks=2", "coworld.source_blocks=1", "train.prefill=20"]
+
+
+def test_schedule_follows_spec_8_counts():
+    cfg = load_config("tiny")
+    c = cfg.coworld
+    full = full_source_steps(cfg, 1)
+    assert full == cfg.train.prefill + (c.warmup_blocks + c.wm_warmup_rounds + c.outer_iters * c.source_blocks) \
+        * c.block_steps
+    phases = build_schedule(cfg, full, 1)
+    kinds = [p.kind for p in phases]
+    assert kinds[0] == "prefill" and kinds[1:1 + c.warmup_blocks] == ["source"] * c.warmup_blocks
+    assert kinds.count("target_wm") == c.wm_warmup_rounds
+    assert kinds.count("target") == c.outer_iters * c.target_blocks
+    assert sum(p.length for p in phases if p.kind in ("prefill", "source")) == full
+    # a target block holds as many updates as a source block makes, and costs as much progress
+    target = [p for p in phases if p.kind == "target"]
+    assert all(p.length == c.block_steps // cfg.train.train_every for p in target)
+    assert all(p.evaluate for p in target) and sum(p.select for p in target) == c.outer_iters
+    assert all(p.align for p in phases if p.kind == "source" and phases.index(p) > c.warmup_blocks)
+
+
+def test_small_steps_scale_every_stage_down():
+    cfg = load_config("tiny")
+    full = build_schedule(cfg, full_source_steps(cfg, 2), 2)
+    small = build_schedule(cfg, 3000, 2)
+    assert [(p.kind, p.source, p.select, p.evaluate) for p in small] == \
+        [(p.kind, p.source, p.select, p.evaluate) for p in full]
+    total = sum(p.length for p in small if p.kind in ("prefill", "source"))
+    assert abs(total - 3000) / 3000 < 0.1
+    assert all(p.length >= 1 for p in small)
+
+
+def test_finetune_has_coworld_budget():
+    cfg = load_config("tiny")
+    co, ft = build_schedule(cfg, 5000, 1), finetune_schedule(cfg, 5000)
+    src = lambda s: sum(p.length for p in s if p.kind in ("prefill", "source"))  # noqa: E731
+    tgt = lambda s: sum(p.length for p in s if p.kind == "target")  # noqa: E731
+    assert src(co) == src(ft) and tgt(co) == tgt(ft)
+
+
+@pytest.fixture(scope="module")
+def target_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("target")
+    make_dataset("builtin:reach", "random", 4, out, seed=0, time_limit=15)
+    return out
+
+
+def coworld_args(target_data, *extra):
+    return ["--algo", "coworld", "--source", "builtin:reach-src", "--target-dataset", str(target_data),
+            "--target-env", "builtin:reach", *extra]
+
+
+@pytest.mark.slow
+def test_coworld_kill9_resume_across_stages_bit_identical(tmp_path, target_data):
+    algo, sets = coworld_args(target_data), SMALL + CO_SMALL
+    run(tmp_path / "ref", 80, algo, sets)
+    schedule = json.loads((tmp_path / "ref" / "schedule.json").read_text())
+    assert {p["kind"] for p in schedule} == {"prefill", "source", "target_wm", "target"}
+    # killed once early (source warm-up) and once later, so the resumed runs cross stage boundaries
+    first = run_and_kill(tmp_path / "cut", 80, algo, signal.SIGKILL, after_checkpoints=3, sets=sets)
+    assert first.returncode == -signal.SIGKILL
+    run_and_kill(tmp_path / "cut", 80, algo, signal.SIGKILL, after_checkpoints=6, sets=sets)
+    run(tmp_path / "cut", 80, algo, sets)
+    assert_same_state(tmp_path / "ref", tmp_path / "cut")
+
+
+def small_sets():
+    return sum((["--set", s] for s in SMALL + CO_SMALL), [])
+
+
+@pytest.mark.slow
+def test_multi_source_selection_logged_and_eval_works(tmp_path, target_data, capsys):
+    logdir = tmp_path / "multi"
+    code = main(["train", *coworld_args(target_data), "--source", "builtin:push-src", "--steps", "120",
+                 "--logdir", str(logdir), "--no-progress", *small_sets()])
+    assert code == 0
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    picks = [r for r in lines if "coworld/selected_source" in r]
+    assert picks and all({"coworld/domain_kl/source0", "coworld/domain_kl/source1"} <= r.keys() for r in picks)
+    assert any("target_eval/return" in r for r in lines)
+    assert main(["eval", str(logdir), "--episodes", "2"]) == 0
+    out = json.loads(next((logdir / "eval").glob("*.json")).read_text())
+    assert len(out["returns"]) == 2 and out["env"] == "builtin:reach"
+
+
+@pytest.mark.slow
+def test_dv2_finetune_runs_with_padded_actions_and_evaluates(tmp_path, target_data):
+    logdir = tmp_path / "ft"
+    args = ["train", "--algo", "dv2-finetune", "--source", "builtin:reach-src", "--target-dataset",
+            str(target_data), "--target-env", "builtin:reach", "--steps", "80", "--logdir", str(logdir),
+            "--no-progress", *small_sets()]
+    assert main(args) == 0
+    assert main(["eval", str(logdir), "--episodes", "1"]) == 0
+
+
+def test_coworld_needs_source_and_dataset(tmp_path, capsys):
+    assert main(["train", "--algo", "coworld", "--steps", "10", "--logdir", str(tmp_path / "x"),
+                 "--target-dataset", str(tmp_path)]) == 2
+    assert "--source" in capsys.readouterr().err
+    assert main(["train", "--algo", "coworld", "--source", "builtin:nope", "--steps", "10",
+                 "--logdir", str(tmp_path / "y"), "--target-dataset", str(tmp_path)]) == 2
+    assert "builtin:nope" in capsys.readouterr().err
