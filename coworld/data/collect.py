@@ -386,6 +386,8 @@ def collect_dataset(
     update_sidecar(out, collection=collection("running"), env=env_id, env_options=env_options,
                    observation_space=space_info(env.observation_space), action_space=space_info(env.action_space),
                    action_repeat=env_options.get("action_repeat") or spec.action_repeat)
+    if not ckpt_path.exists():
+        save()  # from the start, so that an early crash also resumes (from step 0)
     bar = None
     if progress:
         from tqdm import tqdm

@@ -117,6 +117,32 @@ def test_collect_resumes_bit_for_bit(tmp_path):
             np.testing.assert_array_equal(ea[key], eb[key], err_msg=key)
 
 
+def test_collect_resumes_after_a_crash_mid_episode(tmp_path, monkeypatch):
+    """Killed at step 100 with the last checkpoint at step 50 (mid-episode): the rerun deletes the
+    episodes written after it, replays the partial episode and ends as an uninterrupted run."""
+    import coworld.data.collect as collect_mod
+
+    kwargs = dict(reference_score=1e6, seed=1, eval_every=100, time_limit=20, max_steps=200, checkpoint_every=50,
+                  learner_options=TINY_SAC)
+    collect_dataset("builtin:reach", "medium-replay", tmp_path / "once", **kwargs)
+
+    def crash(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(collect_mod, "evaluate", crash)
+    with pytest.raises(KeyboardInterrupt):
+        collect_dataset("builtin:reach", "medium-replay", tmp_path / "twice", **kwargs)
+    assert len(list_episode_files(tmp_path / "twice")) == 5  # 100 steps written, checkpoint at 50
+    monkeypatch.undo()
+    collect_dataset("builtin:reach", "medium-replay", tmp_path / "twice", **kwargs)
+    a, b = list_episode_files(tmp_path / "once"), list_episode_files(tmp_path / "twice")
+    assert len(a) == len(b) == 10 and validate_directory(tmp_path / "twice") == []
+    for fa, fb in zip(a, b):
+        ea, eb = load_episode(fa), load_episode(fb)
+        for key in ea:
+            np.testing.assert_array_equal(ea[key], eb[key], err_msg=key)
+
+
 def test_collect_with_dreamer(tmp_path):
     """The paper's collector (pixel DreamerV2) through the same loop, on a tiny config."""
     overrides = ["train.prefill=20", "train.pretrain=1", "train.train_every=10", "train.batch=2", "train.length=8"]
