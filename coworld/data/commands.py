@@ -66,7 +66,7 @@ def register(subparsers) -> None:
     collect.add_argument("--time-limit", type=int, default=0, help="agent steps per episode (0 = env default)")
     collect.add_argument("--eval-every", type=int, default=0, help="agent steps between evaluations (0 = default)")
     collect.add_argument("--preset", default="dv2-official", help="dreamer collector: config preset")
-    collect.add_argument("--device", default="auto", help="torch device of the agent")
+    collect.add_argument("--device", default="auto", help="dreamer collector: torch device (sac-state runs on the CPU)")
     collect.set_defaults(func=run_collect)
 
 
