@@ -123,6 +123,9 @@ class ActionSlice:
     def initial_policy_state(self, n: int):
         return self.agent.initial_policy_state(n)
 
+    def policy_value(self, state):
+        return self.agent.policy_value(state)
+
     def act(self, obs, state, is_first, explore):
         action, state = self.agent.act(obs, state, is_first, explore)
         return action[:, : self.action_dim], state

@@ -275,6 +275,12 @@ class DreamerAgent(nn.Module):
         """Critic value v(feat) (…)."""
         return self.critic(feat)
 
+    @torch.no_grad()
+    def policy_value(self, state) -> np.ndarray:
+        """Critic value (N,) of the latent states held in an ``act`` policy state."""
+        latent, _ = state
+        return self.critic(self.wm.feat(latent)).float().cpu().numpy()
+
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoint_state(self) -> dict:

@@ -122,26 +122,45 @@ class Collector:
             self.policy_state = state["policy_state"]
 
 
+def discounted_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = r_{t+1} + gamma * G_{t+1} with G = 0 after the last reward; rewards[t] follows step t."""
+    out = np.zeros(len(rewards))
+    acc = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = rewards[t] + gamma * acc
+        out[t] = acc
+    return out
+
+
 @torch.no_grad()
-def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False) -> dict:
+def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False, gamma: float | None = None) -> dict:
     """Run ``episodes`` episodes with the actor's mean action (SPEC 11 protocol).
 
     Uses its own seed stream and a forked torch RNG, so evaluating never changes
     the course of training. Returns per-episode returns/lengths (and success where
     the env reports it) and, with ``video``, the frames of the first episode.
+
+    With ``gamma``, also the value-overestimation diagnostic of the paper's Fig. 5b:
+    the critic's value of each visited state against the discounted return actually
+    obtained from it, averaged over the first half of each episode (later states have
+    a truncated true return, which would read as overestimation).
     """
-    returns, lengths, successes, frames = [], [], [], []
+    returns, lengths, successes, frames, estimates, truths = [], [], [], [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for i in range(episodes):
             obs, _ = env.reset(seed=episode_seed(seed, 1_000_000 + i))
             state = agent.initial_policy_state(1)
             is_first, done, total, length, success = True, False, 0.0, 0, None
+            values, rewards = [], []
             while not done:
                 if video and i == 0:
                     frames.append(obs["image"])
                 action, state = agent.act(_batch(obs), state, np.array([is_first]), explore=False)
+                if gamma is not None:
+                    values.append(float(agent.policy_value(state)[0]))
                 obs, reward, terminated, truncated, info = env.step(action[0])
+                rewards.append(float(reward))
                 is_first = False
                 total += float(reward)
                 length += 1
@@ -152,6 +171,10 @@ def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False) -> di
                 frames.append(obs["image"])
             returns.append(total)
             lengths.append(length)
+            if gamma is not None:
+                half = max(1, length // 2)
+                estimates.append(float(np.mean(values[:half])))
+                truths.append(float(np.mean(discounted_to_go(np.array(rewards), gamma)[:half])))
             if success is not None:
                 successes.append(float(success))
     out = {"returns": returns, "lengths": lengths}
@@ -159,4 +182,6 @@ def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False) -> di
         out["successes"] = successes
     if video:
         out["frames"] = np.stack(frames)
+    if gamma is not None:
+        out["value_estimate"], out["true_return"] = estimates, truths
     return out

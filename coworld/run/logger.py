@@ -82,6 +82,11 @@ class Logger:
         self._jsonl.flush()
         return values
 
+    def record(self, step: int, values: dict) -> None:
+        """A JSON-only line (lists allowed, e.g. per-episode returns); not sent to TensorBoard."""
+        self._jsonl.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+        self._jsonl.flush()
+
     def video(self, step: int, name: str, frames: np.ndarray, fps: int = 20) -> Path:
         """frames (T, H, W, 3) uint8 -> RUN/videos/{name}-{step}.gif (and TensorBoard)."""
         import imageio.v2 as imageio

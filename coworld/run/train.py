@@ -45,16 +45,23 @@ class Periodic:
 
 def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", video: bool = False) -> dict:
     cfg = session.cfg
-    result = evaluate(agent, env, episodes=cfg.train.eval_episodes, seed=cfg.seed + 10_000 + step, video=video)
+    result = evaluate(agent, env, episodes=cfg.train.eval_episodes, seed=cfg.seed + 10_000 + step, video=video,
+                      gamma=cfg.behaviour.gamma)
     stats = summarize(result["returns"])
-    metrics = {"return": stats["mean"], "return_std": stats["std"]}
+    metrics = {"return": stats["mean"], "return_std": stats["std"],
+               "value_estimate": float(np.mean(result["value_estimate"])),
+               "true_return": float(np.mean(result["true_return"]))}
+    metrics["overestimation"] = metrics["value_estimate"] - metrics["true_return"]
     if "successes" in result:
         metrics["success"] = float(np.mean(result["successes"]))
     session.logger.scalars(step, metrics, prefix=f"{tag}/")
+    session.logger.record(step, {f"{tag}/returns": result["returns"],
+                                 f"{tag}/episodes": cfg.train.eval_episodes})
     if video and "frames" in result:
         session.logger.video(step, f"{tag}_policy", result["frames"])
     session.logger.write(f"[{tag} @ {step}] return {stats['mean']:.1f} +- {stats['std']:.1f} "
-                         f"over {cfg.train.eval_episodes} episodes")
+                         f"over {cfg.train.eval_episodes} episodes; value {metrics['value_estimate']:.1f} "
+                         f"vs true {metrics['true_return']:.1f}")
     return metrics
 
 

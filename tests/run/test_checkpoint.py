@@ -64,3 +64,4 @@ def test_load_refuses_pickled_objects(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         load_checkpoint(tmp_path)
+
