@@ -48,7 +48,7 @@ from coworld.data.replay import Replay
 from coworld.errors import UserError
 from coworld.run.driver import Collector, evaluate
 from coworld.run.session import Session
-from coworld.run.train import Periodic, make_env, run_evaluation
+from coworld.run.train import Periodic, finish, log_openloop, make_env, run_evaluation
 
 
 @dataclass(frozen=True)
@@ -261,6 +261,8 @@ class CoWorldTrainer:
         if self.eval_env is None:
             return
         run_evaluation(self.session, self.policy, self.eval_env, units, tag="target_eval")
+        if not self.finetune:
+            log_openloop(self.session, self.target, self.target_replay, units, tag="target_openloop")
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -300,7 +302,7 @@ class CoWorldTrainer:
                 session.save(comps, c, metrics)
         if not session.stopping:
             self.evaluate_target(c["units"])
-        return session.finish(comps, c)
+        return finish(session, comps, c)
 
 
 # -- command-line entry points (`coworld train --algo coworld|dv2-finetune`, `coworld eval`) ---------

@@ -123,27 +123,30 @@ class Replay:
     # ----------------------------------------------------------------------------------------------
     # Sampling
 
-    def sample(self, batch: int, length: int, device="cpu", mode: str | None = None) -> dict[str, torch.Tensor]:
+    def sample(self, batch: int, length: int, device="cpu", mode: str | None = None,
+               rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """B windows of L consecutive entries, batch-major tensors (docs/architecture.md).
 
         mode "uniform" (default): an episode uniformly, then a window start uniformly among those that
         keep the window inside the episode. mode "length": episodes weighted by their length. An episode
         shorter than L starts its window at entry 0 and the window runs on into the next stored episode
         (the last one wraps to the first); ``is_first`` marks where each episode starts and position 0.
+        ``rng`` draws with another generator (diagnostics), leaving the replay's own stream untouched.
         """
+        rng = self.rng if rng is None else rng
         if not self._names:
             raise UserError("the replay holds no episodes yet; add or load episodes before sampling")
         start, n = self._index()
         mode = mode or "uniform"
         if mode == "uniform":
-            ep = self.rng.integers(0, len(n), size=batch)
+            ep = rng.integers(0, len(n), size=batch)
         elif mode == "length":
             ends = np.cumsum(n)
-            ep = np.searchsorted(ends, self.rng.integers(0, ends[-1], size=batch), side="right")
+            ep = np.searchsorted(ends, rng.integers(0, ends[-1], size=batch), side="right")
         else:
             raise UserError(f"unknown sampling mode '{mode}'; use 'uniform' or 'length'")
         room = np.maximum(n[ep] - length, 0)
-        first = start[ep] + self.rng.integers(0, room + 1)
+        first = start[ep] + rng.integers(0, room + 1)
         # (B, L) physical indices; wrap inside the live region [offset, offset + size).
         idx = self._offset + (first[:, None] - self._offset + np.arange(length)) % self._size
         out = {key: torch.from_numpy(np.asarray(self._data[key][idx])) for key in KEYS}

@@ -23,7 +23,9 @@ class Actor(nn.Module):
 
     def forward(self, feat: Tensor) -> Independent:
         mean, std = self.net(feat).float().chunk(2, -1)
-        return Independent(Normal(torch.tanh(mean), gaussian_std(std, self.min_std)), 1)
+        # no argument validation: a diverged (NaN) model must reach the driver's NaN check, not raise here
+        return Independent(Normal(torch.tanh(mean), gaussian_std(std, self.min_std), validate_args=False), 1,
+                           validate_args=False)
 
 
 class Critic(nn.Module):

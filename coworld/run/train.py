@@ -15,6 +15,8 @@ import numpy as np
 
 from coworld import envs
 from coworld.data.replay import Replay
+from coworld.eval.openloop import openloop_strip
+from coworld.eval.plots import plot_run
 from coworld.run.driver import Collector, evaluate
 from coworld.run.session import Session
 
@@ -65,6 +67,22 @@ def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", v
     return metrics
 
 
+def log_openloop(session: Session, agent, replay, step: int, tag: str = "openloop") -> None:
+    """Real vs open-loop imagined frames, on a batch drawn with its own generator (training RNG untouched)."""
+    cfg = session.cfg
+    batch = replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
+                          rng=np.random.default_rng([cfg.seed, step]))
+    context = max(1, min(5, cfg.train.length // 3))
+    session.logger.image(step, tag, openloop_strip(agent, batch, context=context))
+
+
+def finish(session: Session, components: dict, counters: dict) -> int:
+    code = session.finish(components, counters)
+    plot = plot_run(session.dir)
+    print(f"plots: {plot}")
+    return code
+
+
 def log_train(session: Session, step: int, metrics: dict, extra: dict) -> None:
     values = session.logger.scalars(step, {**metrics, **extra}, prefix="train/")
     session.logger.progress(step, **{k: values[f"train/{k}"] for k in ("return",) if f"train/{k}" in values})
@@ -107,6 +125,7 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
             evals += 1
             video = bool(cfg.train.video_every) and evals % cfg.train.video_every == 0
             run_evaluation(session, agent, eval_env, after, video=video)
+            log_openloop(session, agent, replay, after)
         if do_log(before, after) and metrics:
             extra = {"env_steps_per_s": logger.rate("env", after), "updates_per_s": logger.rate("updates", agent.updates),
                      "updates": agent.updates, "replay_steps": replay.num_steps}
@@ -118,7 +137,7 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
             session.save(components, counters, metrics)
     if not session.stopping:
         run_evaluation(session, agent, eval_env, collector.steps)
-    return session.finish(components, counters)
+    return finish(session, components, counters)
 
 
 def train_offline(session: Session, agent, dataset: str | Path, env_id: str | None) -> int:
@@ -146,6 +165,7 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
         after = agent.updates
         if eval_env is not None and do_eval(before, after):
             run_evaluation(session, agent, eval_env, after)
+            log_openloop(session, agent, replay, after)
         if do_log(before, after):
             log_train(session, after, metrics, {"updates_per_s": logger.rate("updates", after) or 0.0})
         logger.progress(after)
@@ -153,4 +173,4 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
             session.save(components, {}, metrics)
     if eval_env is not None and not session.stopping:
         run_evaluation(session, agent, eval_env, agent.updates)
-    return session.finish(components, {})
+    return finish(session, components, {})

@@ -75,10 +75,6 @@ def test_inf_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "known gap: NaN weights reach the actor's torch Normal (validate_args) in imagination, which raises "
-    "ValueError with a traceback before the finite check at the next checkpoint; remove this mark once the "
-    "training loop turns that into TrainingDiverged"))
 def test_exploding_learning_rate_is_caught(tmp_path, capsys):
     assert train(tmp_path, "model.lr=1e30") == 2
     assert "NaN/inf" in capsys.readouterr().err
