@@ -16,8 +16,9 @@ Units. A source block is ``block_steps`` source agent steps (one update per
 ``train_every`` steps); a target block is the same number of *updates* as a source
 block (``block_steps // train_every``), driven by an update counter: the target
 simulator, if any, is used only for evaluation. ``--steps N`` is the total number
-of source agent steps; every count of the preset's schedule is scaled by
-N / (the preset's full source steps), so a small N still runs every stage.
+of source agent steps; every count of the preset's schedule (blocks, prefill, eta's
+decay) is scaled by N / (the preset's full source steps), so a small N still runs
+every stage.
 
 DV2 Finetune (SPEC 10) reuses the same pieces: pretrain one agent online in the
 source, then finetune all of it on the offline target data.
@@ -180,6 +181,8 @@ class CoWorldTrainer:
             self.sources = [SourceWorker(i, sid, cfg, session.dir, device, self.target_dim)
                             for i, sid in enumerate(source_ids)]
             self.schedule = build_schedule(cfg, session.total, len(self.sources))
+        # eta's decay (SPEC 7) is a count of the schedule too: it scales with it.
+        self.scale = session.total / full_source_steps(cfg, len(self.sources))
         self.eval_env = make_env(cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
@@ -234,7 +237,7 @@ class CoWorldTrainer:
         t = self.cfg.train
         hook = None
         if align:
-            eta = eta_at(src.collector.steps, self.cfg)
+            eta = eta_at(round(src.collector.steps / self.scale), self.cfg)
             hook = reward_alignment_hook(src.agent, self.sample_target(), eta, self.cfg, src.adapter)
         batch = src.replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling)
         if self.finetune:
