@@ -20,7 +20,8 @@ COMMAND_MODULES = [
     "coworld.envs.commands",  # envs
     "coworld.envs.doctor",  # doctor
     "coworld.data.commands",  # data make | validate | info | ...
-    "coworld.run.commands",  # train, eval, bench, main
+    "coworld.run.commands",  # train, eval, bench
+    "coworld.run.demo",  # demo (the embedded default job)
 ]
 
 

@@ -186,7 +186,7 @@ class CoWorldTrainer:
         self.eval_env = make_env(cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
-        self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_wm_updates": 0,
+        self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0,
                          "pretrained": [False] * len(self.sources)}
 
     def components(self) -> dict:
@@ -248,24 +248,26 @@ class CoWorldTrainer:
         return metrics
 
     def target_update(self, wm_only: bool) -> dict:
+        self.counters["target_updates"] += 1
         if self.finetune:
             return self.target.update(pad_actions(self.sample_target(), self.joint_dim))
         src = self.sources[self.counters["selected"]].agent
         post, metrics = self.target.world_model_step(self.sample_target(),
                                                      extra_loss=state_alignment_hook(src, self.cfg))
         if wm_only:
-            self.counters["target_wm_updates"] += 1
             return metrics
         metrics.update(self.target.behaviour_step(post, critic_extra=value_constraint_hook(src, self.cfg)))
         self.target.finish_update()
         return metrics
 
-    def evaluate_target(self, units: int) -> None:
+    def evaluate_target(self) -> None:
+        """Evaluate the target policy; logged against the number of target updates so far."""
         if self.eval_env is None:
             return
-        run_evaluation(self.session, self.policy, self.eval_env, units, tag="target_eval")
+        step = self.counters["target_updates"]
+        run_evaluation(self.session, self.policy, self.eval_env, step, tag="target_eval")
         if not self.finetune:
-            log_openloop(self.session, self.target, self.target_replay, units, tag="target_openloop")
+            log_openloop(self.session, self.target, self.target_replay, step, tag="target_openloop")
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -285,7 +287,7 @@ class CoWorldTrainer:
                 if phase.select:
                     self.select(before)
                 if phase.evaluate:
-                    self.evaluate_target(before)
+                    self.evaluate_target()
             if phase.kind in ("prefill", "source"):
                 i = phase.source if phase.source >= 0 else c["selected"]
                 metrics = self.source_step(i, phase) or metrics
@@ -304,7 +306,7 @@ class CoWorldTrainer:
             if do_ckpt(before, after):
                 session.save(comps, c, metrics)
         if not session.stopping:
-            self.evaluate_target(c["units"])
+            self.evaluate_target()
         return finish(session, comps, c)
 
 

@@ -1,0 +1,203 @@
+"""`coworld demo`: the embedded default job, with no argument and no download.
+
+It makes (once, then caches) a small offline dataset of the built-in ``reach`` task,
+then trains, on the same data and with the same number of target updates,
+
+- CoWorld, with the built-in source ``reach-src`` (other colours and background, a
+  mirrored camera, heavier and drifting dynamics, a third action dimension),
+- Offline DV2 (the offline-only baseline, SPEC 10),
+- DV2 Finetune (pretrain in the source, finetune on the target data, SPEC 10),
+
+for a few seeds, two runs at a time (one per core), and prints a results table
+(final evaluation return, mean +- std over seeds, episodes per evaluation stated,
+value overestimation, wall time) and writes a comparison plot. Re-running the same
+command reuses finished runs and resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from coworld.errors import UserError
+
+TARGET_ENV = "builtin:reach"
+SOURCE_ENV = "builtin:reach-src"
+
+# The budget, chosen so that the whole job fits in ~15 minutes on 2 CPU cores.
+DEFAULTS = {
+    "episodes": 30,  # target dataset size: 30 episodes x 100 steps of medium-replay data
+    "level": "medium-replay",
+    "source_steps": 6000,  # CoWorld / DV2 Finetune: source environment steps (sets the schedule)
+    "seeds": 2,
+}
+COMMON = [
+    "train.threads=1", "train.eval_episodes=10", "train.log_every=200", "train.checkpoint_every=500",
+    "model.lr=6e-4", "behaviour.actor_lr=3e-4", "behaviour.critic_lr=3e-4",
+]
+COWORLD = ["coworld.outer_iters=2", "coworld.target_blocks=3", "coworld.source_blocks=1",
+           "coworld.warmup_blocks=2", "coworld.wm_warmup_rounds=1"]
+OFFLINE_DV2 = ["model.ensemble=5", "train.offline_penalty=1.0"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("COWORLD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "coworld")
+    return Path(root)
+
+
+def target_dataset(episodes: int, level: str, seed: int = 0) -> Path:
+    """The built-in target dataset, made on first use and validated on every use."""
+    from coworld.data.make import make_dataset
+    from coworld.data.validate import validate_directory
+
+    out = cache_dir() / "datasets" / f"reach-{level}-{episodes}ep-seed{seed}"
+    if out.exists() and not validate_directory(out):
+        return out
+    if out.exists():
+        raise UserError(f"the cached demo dataset {out} is damaged; delete that directory and re-run")
+    print(f"making the target dataset ({episodes} episodes of {TARGET_ENV}, level {level}) in {out}", flush=True)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    make_dataset(TARGET_ENV, level, episodes, tmp, seed=seed, progress=True)
+    tmp.rename(out)
+    return out
+
+
+def target_updates(cfg, source_steps: int) -> int:
+    """Target gradient updates CoWorld makes for ``source_steps`` (world-model warm-up included)."""
+    from coworld.algos.cotrain import build_schedule
+
+    return sum(p.length for p in build_schedule(cfg, source_steps, 1) if p.kind in ("target", "target_wm"))
+
+
+def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, preset: str) -> list[dict]:
+    jobs = []
+    for seed in range(seeds):
+        base = ["--preset", preset, "--seed", str(seed), "--no-progress"]
+        co = ["--source", SOURCE_ENV, "--target-dataset", str(data), "--target-env", TARGET_ENV]
+        specs = {
+            "CoWorld": ["--algo", "coworld", *co, "--steps", str(source_steps)],
+            "Offline DV2": ["--algo", "offline-dv2", "--dataset", str(data), "--env", TARGET_ENV,
+                            "--steps", str(updates)],
+            "DV2 Finetune": ["--algo", "dv2-finetune", *co, "--steps", str(source_steps)],
+        }
+        extra = {"CoWorld": COWORLD, "Offline DV2": OFFLINE_DV2 + [f"train.eval_every={updates // 6}"],
+                 "DV2 Finetune": COWORLD}
+        for method, args in specs.items():
+            logdir = out / method.lower().replace(" ", "-") / f"seed{seed}"
+            sets = sum((["--set", s] for s in COMMON + extra[method]), [])
+            cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
+            jobs.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd})
+    return jobs
+
+
+def _finished(logdir: Path) -> bool:
+    return (logdir / "done.json").exists()
+
+
+def run_jobs(todo: list[dict], parallel: int) -> None:
+    """Run the training commands, ``parallel`` at a time, with a one-line status every 20 s."""
+    pending, running = [j for j in todo if not _finished(j["logdir"])], []
+    total, start, last = len(pending), time.time(), 0.0
+    done = 0
+    while pending or running:
+        while pending and len(running) < parallel:
+            job = pending.pop(0)
+            job["logdir"].mkdir(parents=True, exist_ok=True)
+            job["log"] = open(job["logdir"] / "stdout.log", "a")
+            job["start"] = time.time()
+            job["proc"] = subprocess.Popen(job["cmd"], stdout=job["log"], stderr=subprocess.STDOUT)
+            running.append(job)
+        time.sleep(1.0)
+        for job in list(running):
+            code = job["proc"].poll()
+            if code is None:
+                continue
+            running.remove(job)
+            job["log"].close()
+            if code != 0:
+                raise UserError(f"{job['method']} seed {job['seed']} failed (exit {code}); see "
+                                f"{job['logdir'] / 'stdout.log'}. Re-run `coworld demo` to resume.")
+            wall = time.time() - job["start"]
+            (job["logdir"] / "done.json").write_text(json.dumps({"wall_s": wall}))
+            done += 1
+            print(f"[{time.time() - start:6.0f}s] done {done}/{total}: {job['method']} seed {job['seed']} "
+                  f"({wall:.0f}s)", flush=True)
+        if time.time() - last > 20 and running:
+            last = time.time()
+            status = ", ".join(f"{j['method']} s{j['seed']} @{_progress(j['logdir'])}" for j in running)
+            print(f"[{time.time() - start:6.0f}s] running: {status}", flush=True)
+
+
+def _progress(logdir: Path) -> str:
+    path = logdir / "metrics.jsonl"
+    if not path.exists():
+        return "starting"
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 2000))
+        lines = f.read().decode(errors="ignore").splitlines()
+    for line in reversed(lines):
+        try:
+            return str(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return "starting"
+
+
+def main(args) -> int:
+    from coworld.config import load_config
+    from coworld.eval.report import plot_comparison, results_table, run_result
+
+    t0 = time.time()
+    out = Path(args.out)
+    data = target_dataset(args.episodes, DEFAULTS["level"])
+    cfg = load_config(args.preset, COMMON + COWORLD)
+    updates = target_updates(cfg, args.source_steps)
+    todo = jobs(out, data, args.seeds, args.source_steps, updates, args.preset)
+    print(f"demo: target {TARGET_ENV} ({args.episodes} episodes, {DEFAULTS['level']}), source {SOURCE_ENV}; "
+          f"{args.seeds} seeds x 3 methods; {args.source_steps} source steps and {updates} target updates "
+          f"per run; runs in {out}", flush=True)
+    run_jobs(todo, args.parallel)
+    runs: dict[str, list[Path]] = {}
+    for job in todo:
+        runs.setdefault(job["method"], []).append(job["logdir"])
+    results = {}
+    for method, dirs in runs.items():
+        rows = []
+        for d in dirs:
+            row = run_result(d)
+            row["wall_s"] = json.loads((d / "done.json").read_text())["wall_s"]
+            rows.append(row)
+        results[method] = rows
+    table = results_table(results)
+    plot = plot_comparison(runs, out / "comparison.png")
+    header = (f"Target {TARGET_ENV}: {args.episodes}-episode {DEFAULTS['level']} dataset; source {SOURCE_ENV}. "
+              f"Preset {args.preset}; {updates} target updates per method; final evaluation with the "
+              f"actor's mean action. Total wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores.")
+    (out / "results.md").write_text(f"{header}\n\n{table}\n")
+    print()
+    print(header)
+    print(table)
+    print(f"plot: {plot}\nresults: {out / 'results.md'}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the embedded default job: CoWorld vs Offline DV2 vs DV2 Finetune "
+                       "on the built-in suite (no download; ~15 min on 2 CPU cores)")
+    p.add_argument("--out", default="runs/demo", help="where the runs and results go")
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"])
+    p.add_argument("--episodes", type=int, default=DEFAULTS["episodes"], help="target dataset episodes")
+    p.add_argument("--source-steps", type=int, default=DEFAULTS["source_steps"])
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--parallel", type=int, default=max(1, min(2, os.cpu_count() or 1)),
+                   help="runs at a time (one thread each)")
+    p.set_defaults(func=main)
