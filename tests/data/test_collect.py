@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from coworld import envs
 from coworld.cli import main
 from coworld.data.collect import SAC, TransitionBuffer, collect_dataset, resolve_reference_score
 from coworld.data.episodes import list_episode_files, load_episode, read_sidecar
@@ -57,7 +58,8 @@ def test_transition_buffer_pairs_state_with_next_state(episode):
 
 
 def test_reference_scores():
-    assert resolve_reference_score("builtin:reach", {}, None) == (188.0, "env spec expert_score (scripted expert)")
+    expert = envs.spec("builtin:reach").expert_score
+    assert resolve_reference_score("builtin:reach", {}, None) == (expert, "env spec expert_score (scripted expert)")
     assert resolve_reference_score("builtin:reach", {}, 7.0) == (7.0, "--reference-score")
     score, source = resolve_reference_score("dmc:walker_downhill", {})
     assert score == 1000.0 and "DMC" in source
