@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from coworld.algos.dreamer import resolve_device
 from coworld.config import Config
 from coworld.errors import UserError
 from coworld.run.checkpoint import CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -32,15 +33,6 @@ from coworld.run.logger import Logger, to_float
 
 class TrainingDiverged(UserError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use --set train.device=cpu")
-    return device
 
 
 class Session:
