@@ -25,7 +25,8 @@ DOCUMENTED = {
     },
     "tiny": {
         "model.depth": 8, "model.deter": 64, "model.stoch": 16, "train.batch": 8, "train.length": 16,
-        "model.latent": "gaussian",
+        "model.latent": "gaussian", "model.free_nats": 0.1, "model.lr": 1e-3, "behaviour.actor_lr": 4e-4,
+        "behaviour.critic_lr": 4e-4, "train.eval_episodes": 10,
     },
     "coworld-official": {  # released code, SPEC 5-8
         "coworld.alpha": 1.5, "coworld.k": 0.3, "coworld.beta2": 1.0, "coworld.align_scale": "released",

@@ -35,10 +35,7 @@ DEFAULTS = {
     "source_steps": 6000,  # CoWorld / DV2 Finetune: source environment steps (sets the schedule)
     "seeds": 2,
 }
-COMMON = [
-    "train.threads=1", "train.eval_episodes=10", "train.log_every=200", "train.checkpoint_every=500",
-    "model.lr=6e-4", "behaviour.actor_lr=3e-4", "behaviour.critic_lr=3e-4",
-]
+COMMON = ["train.threads=1", "train.log_every=200", "train.checkpoint_every=500"]
 COWORLD = ["coworld.outer_iters=2", "coworld.target_blocks=3", "coworld.source_blocks=1",
            "coworld.warmup_blocks=2", "coworld.wm_warmup_rounds=1"]
 OFFLINE_DV2 = ["model.ensemble=5", "train.offline_penalty=1.0"]
