@@ -98,37 +98,38 @@ def plot_comparison(runs: dict[str, list[str | Path]], out_path: str | Path, key
     """Learning curves (mean ± std over seeds) per method, and a second panel with the value
     estimate (dashed) vs the true discounted return (solid) when the runs logged them.
 
-    ``key`` defaults to "target_eval/return" when any run logged it, else "eval/return".
+    Each run is read at its own evaluation tag ("target_eval" for CoWorld / DV2 Finetune, "eval"
+    otherwise; both are indexed by target updates), unless ``key`` (e.g. "eval/return") is given.
     """
     records = {m: [read_metrics(d) for d in dirs] for m, dirs in runs.items()}
-    if key is None:
-        key = "target_eval/return" if any(eval_tag(r) == "target_eval" for rs in records.values() for r in rs) \
-            else "eval/return"
-    prefix = key.rsplit("/", 1)[0]
-    value_keys = (f"{prefix}/value_estimate", f"{prefix}/true_return")
-    has_value = any(len(series(r, value_keys[0])[0]) for rs in records.values() for r in rs)
+
+    def keys(r):
+        prefix = key.rsplit("/", 1)[0] if key else eval_tag(r)
+        return key or f"{prefix}/return", f"{prefix}/value_estimate", f"{prefix}/true_return"
+
+    has_value = any(len(series(r, keys(r)[1])[0]) for rs in records.values() for r in rs)
     fig = Figure(figsize=(13 if has_value else 6.5, 4.2), layout="constrained")
     axes = fig.subplots(1, 2 if has_value else 1, squeeze=False)[0]
     for method, rs in records.items():
-        curves = [c for c in (series(r, key) for r in rs) if len(c[0])]
+        curves = [c for c in (series(r, keys(r)[0]) for r in rs) if len(c[0])]
         if not curves:
             continue
         steps, mean, std = _over_seeds(curves)
         line = axes[0].plot(steps, mean, marker=".", label=f"{method} ({len(curves)} seeds)")[0]
         axes[0].fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
         if has_value:
-            for k, style, what in zip(value_keys, ("--", "-"), ("value estimate", "true return")):
-                vc = [c for c in (series(r, k) for r in rs) if len(c[0])]
+            for i, style, what in ((1, "--", "value estimate"), (2, "-", "true return")):
+                vc = [c for c in (series(r, keys(r)[i]) for r in rs) if len(c[0])]
                 if vc:
                     vs, vm, _ = _over_seeds(vc)
                     axes[1].plot(vs, vm, style, marker=".", color=line.get_color(), label=f"{method} {what}")
     if not any(ax.get_legend_handles_labels()[0] for ax in axes[:1]):
-        raise UserError(f"none of the runs logged {key!r}; pass key= one of their evaluation keys")
-    axes[0].set_title(f"{key} (mean ± std over seeds)")
+        raise UserError(f"none of the runs logged {key or 'an evaluation return'}; pass key=")
+    axes[0].set_title("evaluation return (mean ± std over seeds)")
     if has_value:
         axes[1].set_title("value estimate (dashed) vs true discounted return (solid)")
     for ax in axes:
-        ax.set_xlabel("step")
+        ax.set_xlabel("target updates" if key is None else "step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     out_path = Path(out_path)

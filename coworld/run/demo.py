@@ -130,23 +130,8 @@ def run_jobs(todo: list[dict], parallel: int) -> None:
                   f"({wall:.0f}s)", flush=True)
         if time.time() - last > 20 and running:
             last = time.time()
-            status = ", ".join(f"{j['method']} s{j['seed']} @{_progress(j['logdir'])}" for j in running)
+            status = ", ".join(f"{j['method']} seed {j['seed']} ({time.time() - j['start']:.0f}s)" for j in running)
             print(f"[{time.time() - start:6.0f}s] running: {status}", flush=True)
-
-
-def _progress(logdir: Path) -> str:
-    path = logdir / "metrics.jsonl"
-    if not path.exists():
-        return "starting"
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 2000))
-        lines = f.read().decode(errors="ignore").splitlines()
-    for line in reversed(lines):
-        try:
-            return str(json.loads(line)["step"])
-        except (ValueError, KeyError):
-            continue
-    return "starting"
 
 
 def main(args) -> int:
