@@ -164,7 +164,7 @@ class PointMassEnv(gymnasium.Env):
         _, success = self._measure()
         return self._observation(), {"success": success}
 
-    def step(self, action):
+    def step(self, action, render: bool = True):
         a = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0).tolist()
         gain = FORCE * (1.0 + 0.5 * a[2]) if self.boost else FORCE
         damping = self.friction + (BRAKE * max(0.0, a[-1]) if self.brake else 0.0)
@@ -177,9 +177,12 @@ class PointMassEnv(gymnasium.Env):
         self._move_objects()
         distance, success = self._measure()
         value = self._dense_reward(distance) if self.reward_mode == "dense" else float(success)
-        return self._observation(), self.reward_scale * value, False, False, {"success": success}
+        obs = self._observation(render)
+        return obs, self.reward_scale * value, False, False, {"success": success}
 
     def render(self):
+        if self._image is None:  # the last step did not draw (render=False)
+            self._image = self._draw()
         return self._image.copy()
 
     # --- shared pieces ------------------------------------------------------------------------
@@ -192,13 +195,17 @@ class PointMassEnv(gymnasium.Env):
                 self.pos[i] = math.copysign(limit, self.pos[i])
                 self.vel[i] = 0.0
 
-    def _observation(self) -> dict:
+    def _observation(self, render: bool = True) -> dict:
+        """State and, when ``render``, the image (else ``image=None``: see wrappers.py)."""
+        self._image = self._draw() if render else None
+        state = np.array(self.pos + self.vel + self._task_state(), dtype=np.float32)
+        return {"image": self._image, "state": state}
+
+    def _draw(self) -> np.ndarray:
         image = self._static.copy()
         self._draw_objects(image)
         self._blit(image, self._agent_mask, self.colors["agent_color"], self.pos)
-        self._image = image
-        state = np.array(self.pos + self.vel + self._task_state(), dtype=np.float32)
-        return {"image": image, "state": state}
+        return image
 
     def to_pixel(self, x: float, y: float) -> tuple[int, int]:
         """(row, col) of the pixel containing world point (x, y); may lie outside the image."""

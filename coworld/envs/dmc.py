@@ -17,14 +17,11 @@ touched. The model XML string is edited before ``Physics`` is built:
 Options (passed through ``coworld.envs.make``):
 
 - ``fast_render`` (bool): smaller shadow maps and no multisampling (see ``rendering.py``).
-- ``action_noise`` (float): std of Gaussian noise added to every action before clipping to
-  [-1, 1] (the paper's "sim2real" action noise, Table 10).
 - ``background``: ``None``, ``"procedural"`` (moving coloured waves) or ``"video:DIR"`` (frames
   or videos read from DIR) composited behind the agent wherever the segmentation render shows
   the sky or the floor (Table 10).
-- ``obs``: ``"image"`` (default) or ``"state"``. With ``"state"`` no frame is rendered: the
-  ``image`` key is an all-zero frame kept for the contract, and an agent reads ``obs["state"]``
-  (the flattened proprioceptive observation) instead (low-dimensional source, Table 4).
+- ``action_noise`` (float) and ``obs`` (``"image"`` or ``"state"``: the flattened proprioceptive
+  observation, no rendering), as for every MuJoCo suite: see ``mujoco_base.py``.
 """
 
 from __future__ import annotations
@@ -33,10 +30,9 @@ import math
 import os
 import xml.etree.ElementTree as ET
 
-import gymnasium
 import numpy as np
 
-from coworld.envs.registry import EnvSpec, register
+from coworld.envs.mujoco_base import MujocoEnv, check_task, register_suite
 from coworld.envs.rendering import apply_fast_render, setup_gl
 from coworld.errors import MissingDependency, UserError
 
@@ -149,11 +145,8 @@ def build_dm_env(domain: str, task: str, variant: str | None, seed: int | None):
     )
 
 
-class DMCEnv(gymnasium.Env):
+class DMCEnv(MujocoEnv):
     """One dm_control task as a raw gymnasium env (one step = one control step)."""
-
-    metadata = {"render_modes": ["rgb_array"]}
-    render_mode = "rgb_array"
 
     def __init__(
         self,
@@ -166,66 +159,42 @@ class DMCEnv(gymnasium.Env):
         background: str | None = None,
         obs: str = "image",
     ):
-        if name not in TASKS:
-            raise UserError(f"unknown DMC task '{name}'; known: {', '.join(TASKS)}")
-        if obs not in ("image", "state"):
-            raise UserError(f"option obs must be 'image' or 'state', got {obs!r}")
-        if action_noise < 0:
-            raise UserError(f"option action_noise must be >= 0, got {action_noise}")
+        check_task("DMC", name, TASKS)
+        super().__init__(image_size, seed, obs, action_noise)
         domain, task, self.variant = TASKS[name]
-        self.name, self.image_size, self.camera, self.obs_mode = name, image_size, camera, obs
-        self.action_noise = float(action_noise)
+        self.name, self.camera = name, camera
         self._env = build_dm_env(domain, task, self.variant, seed)
         self.physics = self._env.physics
         if fast_render:
             apply_fast_render(self.physics.model.ptr)
         self.background = make_background(background, image_size) if background else None
         self._background_geoms = {self.physics.model.name2id(FLOOR_GEOM[domain], "geom")}
-        self._rng = np.random.default_rng(seed)
 
         action_spec = self._env.action_spec()
-        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, action_spec.shape, np.float32)
         self._action_low, self._action_high = action_spec.minimum, action_spec.maximum
         state_dim = sum(int(np.prod(v.shape)) for v in self._env.observation_spec().values())
-        self.observation_space = gymnasium.spaces.Dict(
-            image=gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
-            state=gymnasium.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32),
-        )
-        self._image = np.zeros((image_size, image_size, 3), np.uint8)
+        self.set_spaces(action_spec.shape[0], state_dim)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
             self._env.task._random = np.random.RandomState(seed)
-            self._rng = np.random.default_rng(seed)
         if self.background is not None:
-            self.background.reset(self._rng)
+            self.background.reset(self.rng)
         time_step = self._env.reset()
-        return self._observation(time_step), {}
+        return self.observe(flat_state(time_step)), {}
 
-    def step(self, action):
-        action = np.asarray(action, np.float64)
-        if self.action_noise:
-            action = action + self._rng.normal(0.0, self.action_noise, action.shape)
-        action = np.clip(action, -1.0, 1.0)
+    def step(self, action, render: bool = True):
+        action = self.noisy_action(action)
         # Map [-1, 1] onto the task's own bounds (both stock tasks already use [-1, 1]).
         action = self._action_low + (action + 1.0) / 2.0 * (self._action_high - self._action_low)
         time_step = self._env.step(action)
         if self.background is not None:
             self.background.advance()
         reward = float(time_step.reward or 0.0)
-        return self._observation(time_step), reward, False, False, {}
+        return self.observe(flat_state(time_step), render), reward, False, False, {}
 
-    def render(self):
-        return self._image
-
-    def _observation(self, time_step) -> dict:
-        state = np.concatenate([np.asarray(v, np.float32).ravel() for v in time_step.observation.values()])
-        if self.obs_mode == "image":
-            self._image = self._render_frame()
-        return {"image": self._image, "state": state}
-
-    def _render_frame(self) -> np.ndarray:
+    def render_frame(self) -> np.ndarray:
         size = self.image_size
         image = self.physics.render(size, size, camera_id=self.camera)
         if self.background is None:
@@ -242,6 +211,11 @@ class DMCEnv(gymnasium.Env):
 
     def close(self):
         self._env.close()
+
+
+def flat_state(time_step) -> np.ndarray:
+    """The task's observation dict flattened into one float32 vector."""
+    return np.concatenate([np.asarray(v, np.float32).ravel() for v in time_step.observation.values()])
 
 
 class ProceduralBackground:
@@ -340,31 +314,9 @@ def make_background(spec: str, size: int):
     raise UserError(f"option background must be 'procedural' or 'video:DIR', got {spec!r}")
 
 
-def make_dmc(
-    name: str,
-    image_size: int = 64,
-    seed: int | None = None,
-    camera: int = 0,
-    fast_render: bool = False,
-    action_noise: float = 0.0,
-    background: str | None = None,
-    obs: str = "image",
-) -> DMCEnv:
-    """Entry point used by the registry: the raw env of DMC task ``name``."""
-    return DMCEnv(name, image_size, seed, camera, fast_render, action_noise, background, obs)
-
-
-for _name, (_domain, _task, _variant) in TASKS.items():
-    register(
-        EnvSpec(
-            id=f"dmc:{_name}",
-            suite="dmc",
-            description=f"DeepMind Control {_domain} {_task}: {DESCRIPTIONS[_variant]}",
-            action_dim=6,
-            entry_point="coworld.envs.dmc:make_dmc",
-            action_repeat=2,
-            time_limit=500,
-            extra="dmc",
-            kwargs={"name": _name},
-        )
-    )
+register_suite(
+    "dmc", DMCEnv,
+    {name: f"DeepMind Control {domain} {task}: {DESCRIPTIONS[variant]}"
+     for name, (domain, task, variant) in TASKS.items()},
+    task_option="name", action_dim=6, action_repeat=2, time_limit=500,
+)

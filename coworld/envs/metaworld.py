@@ -11,17 +11,17 @@ Ids: ``metaworld:door-close``, ``metaworld:button-press``, ``metaworld:window-cl
   (deterministic given the seed); the state observation (39-D) includes the goal.
 - Raw Meta-World rewards (0-10 per step); ``info["success"]`` is Meta-World's success flag.
 
-Options: ``fast_render``, ``action_noise``, ``obs`` (as for DMC, see ``dmc.py``), ``camera``
-(Meta-World camera name) and ``reward``: ``"dense"`` (default, raw rewards) or ``"sparse"``
-(1 on steps where the task is solved, else 0: the sparse-reward source of Table 5).
+Options: ``fast_render`` (see ``rendering.py``), ``action_noise`` and ``obs`` (see
+``mujoco_base.py``), ``camera`` (Meta-World camera name) and ``reward``: ``"dense"`` (default,
+raw rewards) or ``"sparse"`` (1 on steps where the task is solved, else 0: the sparse-reward
+source of Table 5).
 """
 
 from __future__ import annotations
 
-import gymnasium
 import numpy as np
 
-from coworld.envs.registry import EnvSpec, register
+from coworld.envs.mujoco_base import MujocoEnv, check_task, register_suite
 from coworld.envs.rendering import apply_fast_render, setup_gl
 from coworld.errors import MissingDependency, UserError
 
@@ -37,11 +37,8 @@ EPISODE_STEPS = 500
 NO_PATH_LIMIT = 10**9  # the common wrapper enforces the time limit instead of Meta-World
 
 
-class MetaWorldEnv(gymnasium.Env):
+class MetaWorldEnv(MujocoEnv):
     """One Meta-World v3 task as a raw gymnasium env with image and state observations."""
-
-    metadata = {"render_modes": ["rgb_array"]}
-    render_mode = "rgb_array"
 
     def __init__(
         self,
@@ -54,14 +51,10 @@ class MetaWorldEnv(gymnasium.Env):
         reward: str = "dense",
         obs: str = "image",
     ):
-        if task not in TASKS:
-            raise UserError(f"unknown Meta-World task '{task}'; known: {', '.join(TASKS)}")
+        check_task("Meta-World", task, TASKS)
         if reward not in ("dense", "sparse"):
             raise UserError(f"option reward must be 'dense' or 'sparse', got {reward!r}")
-        if obs not in ("image", "state"):
-            raise UserError(f"option obs must be 'image' or 'state', got {obs!r}")
-        if action_noise < 0:
-            raise UserError(f"option action_noise must be >= 0, got {action_noise}")
+        super().__init__(image_size, seed, obs, action_noise)
         setup_gl()
         try:
             from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -83,16 +76,8 @@ class MetaWorldEnv(gymnasium.Env):
         self._env.seed(0 if seed is None else seed)
         if fast_render:
             apply_fast_render(self._env.model)
-        self.task, self.image_size, self.reward_mode, self.obs_mode = task, image_size, reward, obs
-        self.action_noise = float(action_noise)
-        self._rng = np.random.default_rng(seed)
-        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (4,), np.float32)
-        state_dim = self._env.observation_space.shape[0]
-        self.observation_space = gymnasium.spaces.Dict(
-            image=gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
-            state=gymnasium.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32),
-        )
-        self._image = np.zeros((image_size, image_size, 3), np.uint8)
+        self.task, self.reward_mode = task, reward
+        self.set_spaces(4, self._env.observation_space.shape[0])
 
     @property
     def goal(self) -> np.ndarray:
@@ -103,59 +88,25 @@ class MetaWorldEnv(gymnasium.Env):
         super().reset(seed=seed)
         if seed is not None:
             self._env.seed(seed)
-            self._rng = np.random.default_rng(seed)
         state, _ = self._env.reset()
-        return self._observation(state), {"success": False}
+        return self.observe(state), {"success": False}
 
-    def step(self, action):
-        action = np.asarray(action, np.float64)
-        if self.action_noise:
-            action = action + self._rng.normal(0.0, self.action_noise, action.shape)
-        action = np.clip(action, -1.0, 1.0).astype(np.float32)
+    def step(self, action, render: bool = True):
+        action = self.noisy_action(action).astype(np.float32)
         state, reward, _, _, info = self._env.step(action)
         success = bool(info["success"])
         if self.reward_mode == "sparse":
             reward = float(success)
-        return self._observation(state), float(reward), False, False, {"success": success}
+        return self.observe(state, render), float(reward), False, False, {"success": success}
 
-    def render(self):
-        return self._image
-
-    def _observation(self, state) -> dict:
-        if self.obs_mode == "image":
-            self._image = np.ascontiguousarray(self._env.render()[::-1])  # upright: flip rows
-        return {"image": self._image, "state": np.asarray(state, np.float32)}
+    def render_frame(self) -> np.ndarray:
+        return np.ascontiguousarray(self._env.render()[::-1])  # upright: flip the rows
 
     def close(self):
         self._env.close()
 
 
-def make_metaworld(
-    task: str,
-    image_size: int = 64,
-    seed: int | None = None,
-    camera: str = "corner",
-    fast_render: bool = False,
-    action_noise: float = 0.0,
-    reward: str = "dense",
-    obs: str = "image",
-) -> MetaWorldEnv:
-    """Entry point used by the registry: the raw env of Meta-World task ``task``."""
-    return MetaWorldEnv(task, image_size, seed, camera, fast_render, action_noise, reward, obs)
-
-
-for _task, _description in TASKS.items():
-    register(
-        EnvSpec(
-            id=f"metaworld:{_task}",
-            suite="metaworld",
-            description=f"Meta-World v3 {_task}: {_description}",
-            action_dim=4,
-            entry_point="coworld.envs.metaworld:make_metaworld",
-            action_repeat=1,
-            time_limit=EPISODE_STEPS,
-            has_success=True,
-            extra="metaworld",
-            kwargs={"task": _task},
-        )
-    )
+register_suite(
+    "metaworld", MetaWorldEnv, {task: f"Meta-World v3 {task}: {what}" for task, what in TASKS.items()},
+    action_dim=4, action_repeat=1, time_limit=EPISODE_STEPS, has_success=True,
+)

@@ -19,7 +19,7 @@ Two deliberate differences from robodesk 1.0.0, both documented in docs/benchmar
   with numbers published with robodesk 1.0.0 (the paper's).
 - the original reports object velocities under ``qpos_objects``; the state here uses positions.
 
-Options: ``fast_render``, ``action_noise``, ``obs`` (as for DMC, see ``dmc.py``),
+Options: ``fast_render`` (see ``rendering.py``), ``action_noise``, ``obs`` (see ``mujoco_base.py``),
 ``legacy_rewards`` (above).
 """
 
@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import os
 
-import gymnasium
 import numpy as np
 
-from coworld.envs.registry import EnvSpec, register
+from coworld.envs.mujoco_base import MujocoEnv, check_task, register_suite
 from coworld.envs.rendering import apply_fast_render, setup_gl
-from coworld.errors import MissingDependency, UserError
+from coworld.errors import MissingDependency
 
 ASSETS = os.path.join(os.path.dirname(__file__), "_vendor", "robodesk", "assets")
 TASKS = {
@@ -68,11 +67,8 @@ def _dm_mujoco():
     return mujoco, inverse_kinematics, Image
 
 
-class RoboDeskEnv(gymnasium.Env):
+class RoboDeskEnv(MujocoEnv):
     """One RoboDesk task as a raw gymnasium env (one step = one control step)."""
-
-    metadata = {"render_modes": ["rgb_array"]}
-    render_mode = "rgb_array"
 
     def __init__(
         self,
@@ -84,12 +80,8 @@ class RoboDeskEnv(gymnasium.Env):
         obs: str = "image",
         legacy_rewards: bool = False,
     ):
-        if task not in TASKS:
-            raise UserError(f"unknown RoboDesk task '{task}'; known: {', '.join(TASKS)}")
-        if obs not in ("image", "state"):
-            raise UserError(f"option obs must be 'image' or 'state', got {obs!r}")
-        if action_noise < 0:
-            raise UserError(f"option action_noise must be >= 0, got {action_noise}")
+        check_task("RoboDesk", task, TASKS)
+        super().__init__(image_size, seed, obs, action_noise)
         mujoco, self._ik, self._Image = _dm_mujoco()
         self.physics = mujoco.Physics.from_xml_path(os.path.join(ASSETS, "desk.xml"))
         self._ik_physics = self.physics.copy(share_model=True)  # scratch copy the IK solver edits
@@ -100,28 +92,18 @@ class RoboDeskEnv(gymnasium.Env):
         free.distance, free.azimuth, free.elevation = CAMERA["distance"], CAMERA["azimuth"], CAMERA["elevation"]
         free.lookat[:] = CAMERA["lookat"]
 
-        self.task, self.image_size, self.obs_mode = task, image_size, obs
-        self.action_noise, self.legacy_rewards = float(action_noise), legacy_rewards
+        self.task, self.legacy_rewards = task, legacy_rewards
         self.joint_bounds = self.physics.model.actuator_ctrlrange.copy()  # (9, 2)
-        self._rng = np.random.RandomState(seed)
-        self._noise_rng = np.random.default_rng(seed)
+        self._reset_rng = np.random.RandomState(seed)  # reset randomisation (the original's)
         self._start: dict[str, np.ndarray] = {}
-
-        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, (5,), np.float32)
         m = self.physics.model
-        state_dim = 2 * ARM_JOINTS + 3 + (m.nq - ARM_JOINTS) + (m.nv - ARM_JOINTS)
-        self.observation_space = gymnasium.spaces.Dict(
-            image=gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
-            state=gymnasium.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32),
-        )
-        self._image = np.zeros((image_size, image_size, 3), np.uint8)
+        self.set_spaces(5, 2 * ARM_JOINTS + 3 + (m.nq - ARM_JOINTS) + (m.nv - ARM_JOINTS))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
-            self._rng = np.random.RandomState(seed)
-            self._noise_rng = np.random.default_rng(seed)
-        physics, u = self.physics, self._rng.random_sample
+            self._reset_rng = np.random.RandomState(seed)
+        physics, u = self.physics, self._reset_rng.random_sample
         physics.reset()
         qpos = physics.named.data.qpos
         qpos["drawer_joint"] -= 0.10 * u()
@@ -131,20 +113,17 @@ class RoboDeskEnv(gymnasium.Env):
         qpos["upright_block"][:2] += [0.3 * u() + 0.05, 0.05 * u()]
         low, high = self.joint_bounds[:, 0], self.joint_bounds[:, 1]
         home = np.array([-0.30, -0.4, 0.28, -2.5, 0.13, 1.87, 0.91, 0.01, 0.01])
-        physics.data.qpos[:ARM_JOINTS] = home + 0.15 * self._rng.uniform(low, high)
+        physics.data.qpos[:ARM_JOINTS] = home + 0.15 * self._reset_rng.uniform(low, high)
         physics.data.qvel[:ARM_JOINTS] = 0.0
         physics.forward()
         self._ik_physics.data.qpos[:] = physics.data.qpos
         xpos = physics.named.data.xpos
         # robodesk 1.0.0 kept live views here (see the module docstring); legacy_rewards does too.
         self._start = {n: xpos[n] if self.legacy_rewards else xpos[n].copy() for n in OBJECTS}
-        return self._observation(), {"success": False}
+        return self.observe(self._state()), {"success": False}
 
-    def step(self, action):
-        action = np.asarray(action, np.float64)
-        if self.action_noise:
-            action = action + self._noise_rng.normal(0.0, self.action_noise, action.shape)
-        action = np.clip(action, -1.0, 1.0)
+    def step(self, action, render: bool = True):
+        action = self.noisy_action(action)
         target = self._joint_targets(action)
         data = self.physics.data
         for _ in range(PHYSICS_STEPS):
@@ -153,10 +132,7 @@ class RoboDeskEnv(gymnasium.Env):
             self.physics.step()
         self._ik_physics.data.qpos[:] = data.qpos
         reward, success = self._reward()
-        return self._observation(), reward, False, False, {"success": success}
-
-    def render(self):
-        return self._image
+        return self.observe(self._state(), render), reward, False, False, {"success": success}
 
     def close(self):
         self._camera._scene.free()
@@ -174,18 +150,18 @@ class RoboDeskEnv(gymnasium.Env):
         joints[7] = joints[8] = grip_low + (action[4] + 1.0) / 2.0 * (grip_high - grip_low)
         return joints
 
-    def _observation(self) -> dict:
+    def _state(self) -> np.ndarray:
         data = self.physics.data
-        state = np.concatenate([
+        return np.concatenate([
             data.qpos[:ARM_JOINTS], data.qvel[:ARM_JOINTS],
             self.physics.named.data.site_xpos["end_effector"],
             data.qpos[ARM_JOINTS:], data.qvel[ARM_JOINTS:],
         ]).astype(np.float32)
-        if self.obs_mode == "image":
-            frame = self._camera.render()[CROP_BOX[1]:CROP_BOX[3], CROP_BOX[0]:CROP_BOX[2]]
-            size = (self.image_size, self.image_size)
-            self._image = np.asarray(self._Image.fromarray(frame).resize(size, self._Image.LANCZOS))
-        return {"image": self._image, "state": state}
+
+    def render_frame(self) -> np.ndarray:
+        frame = self._camera.render()[CROP_BOX[1]:CROP_BOX[3], CROP_BOX[0]:CROP_BOX[2]]
+        size = (self.image_size, self.image_size)
+        return np.asarray(self._Image.fromarray(frame).resize(size, self._Image.LANCZOS))
 
     # Rewards: the formulas of robodesk 1.0.0 for the four tasks, clipped to [0, 1].
 
@@ -222,31 +198,7 @@ class RoboDeskEnv(gymnasium.Env):
         return float(np.clip(reward, 0.0, 1.0)), success
 
 
-def make_robodesk(
-    task: str,
-    image_size: int = 64,
-    seed: int | None = None,
-    fast_render: bool = False,
-    action_noise: float = 0.0,
-    obs: str = "image",
-    legacy_rewards: bool = False,
-) -> RoboDeskEnv:
-    """Entry point used by the registry: the raw env of RoboDesk task ``task``."""
-    return RoboDeskEnv(task, image_size, seed, fast_render, action_noise, obs, legacy_rewards)
-
-
-for _task, _description in TASKS.items():
-    register(
-        EnvSpec(
-            id=f"robodesk:{_task}",
-            suite="robodesk",
-            description=f"RoboDesk {_task}: {_description}",
-            action_dim=5,
-            entry_point="coworld.envs.robodesk:make_robodesk",
-            action_repeat=1,
-            time_limit=EPISODE_STEPS,
-            has_success=True,
-            extra="robodesk",
-            kwargs={"task": _task},
-        )
-    )
+register_suite(
+    "robodesk", RoboDeskEnv, {task: f"RoboDesk {task}: {what}" for task, what in TASKS.items()},
+    action_dim=5, action_repeat=1, time_limit=EPISODE_STEPS, has_success=True,
+)

@@ -9,9 +9,24 @@ It turns a raw environment (one raw step = one control step) into the library's 
 - ``info["success"]`` is always present when the task has a success notion: True when any of the
   repeated raw steps reported success;
 - observations are checked: ``image (S, S, 3) uint8`` and ``state (n,) float32``.
+
+Rendering only the kept frame. Only the last raw step of a repeat is observed, and drawing the
+image is most of a raw step's cost, so a raw env may take a keyword ``step(action, render=True)``:
+
+- ``step(action, render=False)`` advances the env without drawing; its observation has
+  ``image=None``;
+- ``render()`` returns the frame of the current state, drawing it if the last step did not.
+
+The wrapper passes ``render=False`` to all but the last raw step of a repeat, and calls
+``render()`` when a repeat ends early on a step that did not draw, so the observed images are
+exactly those of an env that draws every step. Every env of the registry takes the keyword (the
+built-in suite and the MuJoCo adapters, via ``mujoco_base.py``); an env without it is stepped
+plainly.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import gymnasium
 import numpy as np
@@ -49,6 +64,8 @@ class CommonWrapper(gymnasium.Wrapper):
         self.time_limit = time_limit
         self.has_success = has_success
         self._seed = seed  # used by the first reset() that comes without a seed
+        # Draw only the last raw step of a repeat (see the module docstring); False draws every step.
+        self.skip_render = "render" in inspect.signature(env.step).parameters
         self._t = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -70,12 +87,18 @@ class CommonWrapper(gymnasium.Wrapper):
             raise ValueError(f"action has NaN or inf entries: {action}")
         action = np.clip(action, -1.0, 1.0)
         total, success = 0.0, False
-        for _ in range(self.action_repeat):
-            obs, reward, terminated, truncated, info = self.env.step(action)
+        for i in range(self.action_repeat):
+            if self.skip_render:
+                render = i == self.action_repeat - 1
+                obs, reward, terminated, truncated, info = self.env.step(action, render=render)
+            else:
+                obs, reward, terminated, truncated, info = self.env.step(action)
             total += float(reward)
             success = success or bool(info.get("success", False))
             if terminated or truncated:
                 break
+        if obs["image"] is None:  # the repeat ended early on a step that did not draw
+            obs = {**obs, "image": self.env.render()}
         self._t += 1
         if self._t >= self.time_limit and not terminated:
             truncated = True

@@ -8,6 +8,7 @@ import pytest
 import coworld.envs as envs
 from coworld.envs import builtin
 from coworld.errors import UserError
+from tests.envs.helpers import draws_with_and_without_skipping
 
 IDS = [s.id for s in envs.list_specs("builtin")]
 CAMERAS = [{}, {"flip": True}, {"rotate": 1}, {"rotate": 3, "flip": True}, {"zoom": 0.7}, {"zoom": 1.3}]
@@ -203,3 +204,18 @@ def test_competence_knob_is_monotone(task):
 @pytest.mark.parametrize("id", IDS)
 def test_expert_score_matches_spec(id):
     assert returns(id, 1.0, episodes=20) == pytest.approx(envs.spec(id).expert_score, rel=0.1)
+
+
+@pytest.mark.parametrize("id", ["builtin:reach", "builtin:push-src"])
+def test_drawing_only_kept_frames_changes_nothing(id):
+    (every, every_draws), (kept, kept_draws) = draws_with_and_without_skipping(id, "_draw", steps=20)
+    for key in ("image", "state", "reward"):
+        np.testing.assert_array_equal(every[key], kept[key])
+    assert (every_draws, kept_draws) == (1 + 2 * 20, 1 + 20)  # reset + action repeat 2
+
+
+def test_step_without_drawing_then_render():
+    env, other = raw(), raw()
+    obs = env.step(np.array([0.5, -0.5]), render=False)[0]
+    assert obs["image"] is None
+    np.testing.assert_array_equal(env.render(), other.step(np.array([0.5, -0.5]))[0]["image"])

@@ -7,18 +7,11 @@ import pytest
 
 import coworld.envs as envs
 from coworld.errors import UserError
+from tests.envs.helpers import draws_with_and_without_skipping
 
 pytestmark = pytest.mark.dmc
 
 VARIANTS = ["walker_downhill", "walker_uphill", "walker_nofoot", "cheetah_downhill", "cheetah_uphill", "cheetah_nopaw"]
-
-
-@pytest.fixture(scope="module")
-def dmc():
-    pytest.importorskip("dm_control", reason="dm_control not installed: pip install 'coworld[dmc]'")
-    from coworld.envs import dmc
-
-    return dmc
 
 
 def test_ids_registered_with_paper_settings():
@@ -134,3 +127,22 @@ def test_bad_options_are_user_errors(dmc, tmp_path):
         dmc.DMCEnv("walker_walk", background=f"video:{tmp_path}")
     with pytest.raises(UserError, match="obs"):
         dmc.DMCEnv("walker_walk", obs="pixels")
+
+
+@pytest.mark.parametrize("options", [{}, {"background": "procedural", "action_noise": 0.3}])
+def test_drawing_only_kept_frames_changes_nothing(dmc, options):
+    (every, every_draws), (kept, kept_draws) = draws_with_and_without_skipping(
+        "dmc:cheetah_run", "render_frame", steps=4, **options
+    )
+    for key in ("image", "state", "reward"):
+        np.testing.assert_array_equal(every[key], kept[key])
+    assert (every_draws, kept_draws) == (1 + 2 * 4, 1 + 4)  # reset + action repeat 2
+
+
+def test_render_draws_a_skipped_frame(dmc):
+    a, b = dmc.DMCEnv("walker_walk", seed=1), dmc.DMCEnv("walker_walk", seed=1)
+    a.reset(seed=1)
+    b.reset(seed=1)
+    obs = a.step(np.full(6, 0.7), render=False)[0]
+    assert obs["image"] is None
+    np.testing.assert_array_equal(a.render(), b.step(np.full(6, 0.7))[0]["image"])

@@ -11,14 +11,6 @@ pytestmark = pytest.mark.metaworld
 TASKS = ["door-close", "button-press", "window-close", "handle-press", "drawer-close", "button-press-topdown"]
 
 
-@pytest.fixture(scope="module")
-def mw():
-    pytest.importorskip("metaworld", reason="metaworld not installed: pip install 'coworld[metaworld]'")
-    from coworld.envs import metaworld
-
-    return metaworld
-
-
 def wood_rows(image):
     """Row indices of the table's wood-coloured pixels (brown: r > g > b, clearly warm)."""
     r, g, b = (image[..., i].astype(int) for i in range(3))

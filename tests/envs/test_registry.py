@@ -42,6 +42,26 @@ class ToyEnv(gymnasium.Env):
         return self._obs(), 1.0, self.t >= self.terminate_at, False, info
 
 
+class DrawingToyEnv(ToyEnv):
+    """ToyEnv that takes ``step(action, render=...)``: its frame is filled with the raw step count."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.render_flags, self.render_calls = [], 0
+
+    def _obs(self):
+        return {**super()._obs(), "image": np.full((self.size, self.size, 3), self.t, np.uint8)}
+
+    def step(self, action, render=True):
+        self.render_flags.append(render)
+        obs, *rest = super().step(action)
+        return ({**obs, "image": obs["image"] if render else None}, *rest)
+
+    def render(self):
+        self.render_calls += 1
+        return self._obs()["image"]
+
+
 def wrap(raw, **kw):
     kw = {"action_repeat": 1, "time_limit": 1000, "has_success": True, "image_size": 8, **kw}
     return CommonWrapper(raw, **kw)
@@ -68,6 +88,17 @@ def test_wrapper_action_repeat_sums_rewards_and_stops_on_termination():
     assert (reward, terminated, truncated, env.unwrapped.t) == (3.0, False, False, 3)
     _, reward, terminated, truncated, _ = env.step(np.zeros(2))
     assert (reward, terminated, truncated, env.unwrapped.t) == (2.0, True, False, 5)
+
+
+def test_wrapper_draws_only_the_last_raw_step_of_a_repeat():
+    env = wrap(DrawingToyEnv(terminate_at=5), action_repeat=3)
+    assert env.skip_render and not wrap(ToyEnv()).skip_render  # ToyEnv has no render keyword
+    env.reset()
+    obs = env.step(np.zeros(2))[0]
+    assert env.unwrapped.render_flags == [False, False, True] and (obs["image"] == 3).all()
+    obs, _, terminated, *_ = env.step(np.zeros(2))  # ends early at raw step 5, which did not draw
+    assert terminated and env.unwrapped.render_flags[3:] == [False, False]
+    assert env.unwrapped.render_calls == 1 and (obs["image"] == 5).all()
 
 
 def test_wrapper_time_limit_counts_agent_steps():

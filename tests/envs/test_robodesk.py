@@ -11,15 +11,6 @@ pytestmark = pytest.mark.robodesk
 TASKS = ["push_green", "open_slide", "open_drawer", "upright_block_off_table"]
 
 
-@pytest.fixture(scope="module")
-def rd():
-    pytest.importorskip("dm_control", reason="dm_control not installed: pip install 'coworld[robodesk]'")
-    pytest.importorskip("PIL", reason="Pillow not installed: pip install 'coworld[robodesk]'")
-    from coworld.envs import robodesk
-
-    return robodesk
-
-
 def test_ids_registered():
     assert {s.id for s in envs.list_specs("robodesk")} == {f"robodesk:{t}" for t in TASKS}
     s = envs.spec("robodesk:open_drawer")
