@@ -1,8 +1,10 @@
 """Steps per second of the MuJoCo benchmarks with default and fast rendering.
 
 Times raw control steps (action_repeat=1) at 64x64 with random actions, after one reset and a
-few warm-up steps. "no render" is obs="state" (physics and control only). Suites whose packages
-are missing are skipped.
+few warm-up steps. "no render" is obs="state" (physics and control only). Then, for tasks whose
+default action repeat is above 1 (DMC), agent steps through ``make`` at that repeat, drawing every
+raw step (``skip_render=False``) against drawing only the kept last frame of each repeat (the
+default). Suites whose packages are missing are skipped.
 
     python scripts/bench_mujoco.py [--steps 50] [--only dmc metaworld robodesk]
 """
@@ -15,7 +17,7 @@ import time
 
 import numpy as np
 
-from coworld.envs import make
+from coworld.envs import make, spec
 from coworld.envs.rendering import setup_gl
 
 TASKS = {
@@ -28,8 +30,10 @@ SLOW = {"robodesk": 0.2}  # fraction of --steps for slow suites
 SETTINGS = {"default": {}, "fast_render": {"fast_render": True}, "no render": {"obs": "state"}}
 
 
-def steps_per_second(env_id: str, steps: int, options: dict) -> float:
-    env = make(env_id, seed=0, action_repeat=1, **options)
+def steps_per_second(env_id: str, steps: int, options: dict, action_repeat=1, skip_render=True) -> float:
+    """Wrapper steps per second (raw steps when action_repeat=1; None: the default repeat)."""
+    env = make(env_id, seed=0, action_repeat=action_repeat, **options)
+    env.skip_render = skip_render
     env.reset()
     rng = np.random.default_rng(0)
     actions = rng.uniform(-1, 1, (steps + 3, *env.action_space.shape))
@@ -58,6 +62,14 @@ def main() -> None:
         for env_id in TASKS[suite]:
             speeds = [steps_per_second(env_id, steps, options) for options in SETTINGS.values()]
             print(f"{env_id:<24}" + "".join(f"{s:>14.1f}" for s in speeds), flush=True)
+    repeated = [t for suite in args.only for t in TASKS[suite]
+                if importlib.util.find_spec(PACKAGES[suite]) and spec(t).action_repeat > 1]
+    if repeated:
+        print("agent steps/s at the default action repeat (default rendering)")
+        print(f"{'task':<24}{'draw every':>14}{'draw kept':>14}")
+    for env_id in repeated:
+        speeds = [steps_per_second(env_id, args.steps, {}, None, skip) for skip in (False, True)]
+        print(f"{env_id:<24}" + "".join(f"{s:>14.1f}" for s in speeds), flush=True)
 
 
 if __name__ == "__main__":
