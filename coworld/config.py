@@ -93,7 +93,7 @@ class TrainConfig:
     eval_episodes: int = 10  # episodes per evaluation (actor's mean action)
     log_every: int = 1000  # agent steps (online) or updates (offline) between scalar logs
     checkpoint_every: int = 2000  # agent steps (online) or updates (offline) between checkpoints
-    video_every: int = 0  # evaluations between evaluation videos (0 = never)
+    video_every: int = 5  # write a GIF of the first episode of every N-th evaluation (0 = never)
     offline_penalty: float = 0.0  # Offline DV2: reward penalty lambda on ensemble disagreement
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     amp: str = "none"  # mixed precision: "none" | "bf16" | "fp16"

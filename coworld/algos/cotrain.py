@@ -186,7 +186,7 @@ class CoWorldTrainer:
         self.eval_env = make_env(cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
-        self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0,
+        self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0, "evals": 0,
                          "pretrained": [False] * len(self.sources)}
 
     def components(self) -> dict:
@@ -265,7 +265,8 @@ class CoWorldTrainer:
         if self.eval_env is None:
             return
         step = self.counters["target_updates"]
-        run_evaluation(self.session, self.policy, self.eval_env, step, tag="target_eval")
+        self.counters["evals"] += 1
+        run_evaluation(self.session, self.policy, self.eval_env, step, tag="target_eval", index=self.counters["evals"])
         if not self.finetune:
             log_openloop(self.session, self.target, self.target_replay, step, tag="target_openloop")
 

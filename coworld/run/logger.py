@@ -88,14 +88,13 @@ class Logger:
         self._jsonl.flush()
 
     def video(self, step: int, name: str, frames: np.ndarray, fps: int = 20) -> Path:
-        """frames (T, H, W, 3) uint8 -> RUN/videos/{name}-{step}.gif (and TensorBoard)."""
+        """frames (T, H, W, 3) uint8 -> RUN/videos/{name}-{step}.gif (TensorBoard's video needs moviepy,
+        so videos stay files)."""
         import imageio.v2 as imageio
 
         out = self.run_dir / "videos" / f"{name}-{step:09d}.gif"
         out.parent.mkdir(exist_ok=True)
         imageio.mimsave(out, list(frames), duration=1000 / fps, loop=0)
-        if self._tb is not None:
-            self._tb.add_video(name, torch.from_numpy(frames).permute(0, 3, 1, 2)[None], step, fps=fps)
         return out
 
     def image(self, step: int, name: str, image: np.ndarray) -> Path:

@@ -45,8 +45,10 @@ class Periodic:
         return self.every > 0 and after // self.every > before // self.every
 
 
-def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", video: bool = False) -> dict:
+def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", index: int = 1) -> dict:
+    """Evaluate, log, and write a GIF on every ``video_every``-th evaluation (``index`` counts them)."""
     cfg = session.cfg
+    video = cfg.train.video_every > 0 and index % cfg.train.video_every == 0
     result = evaluate(agent, env, episodes=cfg.train.eval_episodes, seed=cfg.seed + 10_000 + step, video=video,
                       gamma=cfg.behaviour.gamma)
     stats = summarize(result["returns"])
@@ -104,7 +106,6 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
     do_eval, do_log = Periodic(cfg.train.eval_every), Periodic(cfg.train.log_every)
     do_ckpt = Periodic(cfg.train.checkpoint_every)
     metrics: dict = {}
-    evals = 0
     logger.rate("env", collector.steps)
     logger.rate("updates", agent.updates)
     while collector.steps < session.total and not session.stopping:
@@ -122,9 +123,7 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
                 metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
         after = collector.steps
         if do_eval(before, after):
-            evals += 1
-            video = bool(cfg.train.video_every) and evals % cfg.train.video_every == 0
-            run_evaluation(session, agent, eval_env, after, video=video)
+            run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
             log_openloop(session, agent, replay, after)
         if do_log(before, after) and metrics:
             extra = {"env_steps_per_s": logger.rate("env", after), "updates_per_s": logger.rate("updates", agent.updates),
@@ -164,7 +163,7 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
         metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
         after = agent.updates
         if eval_env is not None and do_eval(before, after):
-            run_evaluation(session, agent, eval_env, after)
+            run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
             log_openloop(session, agent, replay, after)
         if do_log(before, after):
             log_train(session, after, metrics, {"updates_per_s": logger.rate("updates", after) or 0.0})

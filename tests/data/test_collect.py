@@ -12,6 +12,7 @@ from coworld.data.episodes import list_episode_files, load_episode, read_sidecar
 from coworld.data.replay import Replay
 from coworld.data.validate import validate_directory
 from coworld.errors import UserError
+from coworld.run.checkpoint import load_checkpoint
 
 TINY_SAC = {"prefill": 100, "batch": 32, "hidden": 32}
 
@@ -181,3 +182,10 @@ def test_collect_dmc_walker_downhill_sac_state(tmp_path):
     ep = load_episode(list_episode_files(out)[0])
     assert ep["image"].shape == (51, 64, 64, 3) and ep["image"].std() > 5 and ep["state"].shape == (51, 24)
     assert ep["action"].shape == (51, 6)
+    # ... and Offline DV2 trains on it (no environment: offline diagnostics only)
+    sets = ["model.ensemble=2", "model.depth=4", "model.deter=16", "model.hidden=16", "train.batch=2",
+            "train.length=8", "train.threads=1"]
+    args = ["train", "--algo", "offline-dv2", "--dataset", str(out), "--steps", "3", "--logdir",
+            str(tmp_path / "odv2"), "--no-progress"] + sum((["--set", s] for s in sets), [])
+    assert main(args) == 0
+    assert load_checkpoint(tmp_path / "odv2")["agent"]["updates"] == 3
