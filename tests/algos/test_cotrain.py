@@ -87,8 +87,10 @@ def small_sets():
 def test_multi_source_selection_logged_and_eval_works(tmp_path, target_data, capsys):
     logdir = tmp_path / "multi"
     code = main(["train", *coworld_args(target_data), "--source", "builtin:push-src", "--steps", "120",
-                 "--logdir", str(logdir), "--no-progress", *small_sets()])
+                 "--logdir", str(logdir), "--no-progress", "--no-max", "--no-reward-align", *small_sets()])
     assert code == 0
+    saved = json.loads((logdir / "config.json").read_text())["coworld"]  # ablation flags reach the config
+    assert saved["no_max"] and not saved["reward_align"] and saved["state_align"] and saved["value_constraint"]
     lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     picks = [r for r in lines if "coworld/selected_source" in r]
     assert picks and all({"coworld/domain_kl/source0", "coworld/domain_kl/source1"} <= r.keys() for r in picks)
