@@ -32,7 +32,7 @@ SOURCE_ENV = "builtin:reach-src"
 DEFAULTS = {
     "episodes": 30,  # target dataset size: 30 episodes x 100 steps of medium-replay data
     "level": "medium-replay",
-    "source_steps": 6000,  # CoWorld / DV2 Finetune: source environment steps (sets the schedule)
+    "source_steps": 3600,  # CoWorld / DV2 Finetune: source environment steps (sets the schedule)
     "seeds": 2,
 }
 COMMON = ["train.threads=1", "train.log_every=200", "train.checkpoint_every=500"]
@@ -75,7 +75,11 @@ def target_updates(cfg, source_steps: int) -> int:
     return sum(p.length for p in build_schedule(cfg, source_steps, 1) if p.kind in ("target", "target_wm"))
 
 
-def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, preset: str) -> list[dict]:
+METHODS = ("CoWorld", "Offline DV2", "DV2 Finetune", "CoWorld w/o max")
+
+
+def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, preset: str,
+         methods: list[str]) -> list[dict]:
     jobs = []
     for seed in range(seeds):
         base = ["--preset", preset, "--seed", str(seed), "--no-progress"]
@@ -85,11 +89,13 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             "Offline DV2": ["--algo", "offline-dv2", "--dataset", str(data), "--env", TARGET_ENV,
                             "--steps", str(updates)],
             "DV2 Finetune": ["--algo", "dv2-finetune", *co, "--steps", str(source_steps)],
+            "CoWorld w/o max": ["--algo", "coworld", *co, "--steps", str(source_steps), "--no-max"],
         }
         extra = {"CoWorld": COWORLD, "Offline DV2": OFFLINE_DV2 + [f"train.eval_every={updates // 6}"],
-                 "DV2 Finetune": COWORLD}
-        for method, args in specs.items():
-            logdir = out / method.lower().replace(" ", "-") / f"seed{seed}"
+                 "DV2 Finetune": COWORLD, "CoWorld w/o max": COWORLD}
+        for method in methods:
+            args = specs[method]
+            logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra[method]), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
             jobs.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd})
@@ -143,9 +149,13 @@ def main(args) -> int:
     data = target_dataset(args.episodes, DEFAULTS["level"])
     cfg = load_config(args.preset, COMMON + COWORLD)
     updates = target_updates(cfg, args.source_steps)
-    todo = jobs(out, data, args.seeds, args.source_steps, updates, args.preset)
+    methods = [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    todo = jobs(out, data, args.seeds, args.source_steps, updates, args.preset, methods)
     print(f"demo: target {TARGET_ENV} ({args.episodes} episodes, {DEFAULTS['level']}), source {SOURCE_ENV}; "
-          f"{args.seeds} seeds x 3 methods; {args.source_steps} source steps and {updates} target updates "
+          f"{args.seeds} seeds x {len(methods)} methods; {args.source_steps} source steps and {updates} target updates "
           f"per run; runs in {out}", flush=True)
     run_jobs(todo, args.parallel)
     runs: dict[str, list[Path]] = {}
@@ -180,6 +190,8 @@ def register(sub) -> None:
     p.add_argument("--episodes", type=int, default=DEFAULTS["episodes"], help="target dataset episodes")
     p.add_argument("--source-steps", type=int, default=DEFAULTS["source_steps"])
     p.add_argument("--preset", default="tiny")
+    p.add_argument("--methods", default="CoWorld,Offline DV2,DV2 Finetune",
+                   help=f"comma-separated, from: {', '.join(METHODS)}")
     p.add_argument("--parallel", type=int, default=max(1, min(2, os.cpu_count() or 1)),
                    help="runs at a time (one thread each)")
     p.set_defaults(func=main)
