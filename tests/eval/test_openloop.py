@@ -6,6 +6,7 @@ from coworld.algos import DreamerAgent
 from coworld.config import load_config
 from coworld.errors import UserError
 from coworld.eval.openloop import openloop_predict, openloop_strip
+from tests.algos.test_dreamer import make_batch as dreamer_batch
 
 SMALL = [
     "model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4", "model.classes=3",
@@ -14,14 +15,7 @@ SMALL = [
 
 
 def make_batch(B=4, L=7, A=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    is_first = torch.zeros(B, L, dtype=torch.bool)
-    is_first[:, 0] = True
-    return {
-        "image": torch.randint(0, 256, (B, L, 64, 64, 3), dtype=torch.uint8, generator=g),
-        "action": torch.rand(B, L, A, generator=g) * 2 - 1,
-        "reward": torch.zeros(B, L), "discount": torch.ones(B, L), "is_first": is_first,
-    }
+    return dreamer_batch(B, L, A, seed)
 
 
 @pytest.fixture(scope="module")
