@@ -109,8 +109,27 @@ def _finished(logdir: Path) -> bool:
 def run_jobs(todo: list[dict], parallel: int) -> None:
     """Run the training commands, ``parallel`` at a time, with a one-line status every 20 s."""
     pending, running = [j for j in todo if not _finished(j["logdir"])], []
-    total, start, last = len(pending), time.time(), 0.0
-    done = 0
+    try:
+        _loop(pending, running, parallel, len(pending), time.time())
+    finally:  # interrupted: the runs save a checkpoint on SIGTERM, so `coworld demo` resumes them
+        for job in running:
+            if job["proc"].poll() is None:
+                job["proc"].terminate()
+        for job in running:
+            job["proc"].wait()
+            _add_partial_wall(job["logdir"], time.time() - job["start"])
+
+
+def _add_partial_wall(logdir: Path, seconds: float) -> float:
+    """Wall time of a run accumulated over interrupted segments (kept in wall_partial.json)."""
+    path = logdir / "wall_partial.json"
+    total = (json.loads(path.read_text())["wall_s"] if path.exists() else 0.0) + seconds
+    path.write_text(json.dumps({"wall_s": total}))
+    return total
+
+
+def _loop(pending: list, running: list, parallel: int, total: int, start: float) -> None:
+    done, last = 0, 0.0
     while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0)
@@ -129,7 +148,7 @@ def run_jobs(todo: list[dict], parallel: int) -> None:
             if code != 0:
                 raise UserError(f"{job['method']} seed {job['seed']} failed (exit {code}); see "
                                 f"{job['logdir'] / 'stdout.log'}. Re-run `coworld demo` to resume.")
-            wall = time.time() - job["start"]
+            wall = _add_partial_wall(job["logdir"], time.time() - job["start"])
             (job["logdir"] / "done.json").write_text(json.dumps({"wall_s": wall}))
             done += 1
             print(f"[{time.time() - start:6.0f}s] done {done}/{total}: {job['method']} seed {job['seed']} "
@@ -140,8 +159,16 @@ def run_jobs(todo: list[dict], parallel: int) -> None:
             print(f"[{time.time() - start:6.0f}s] running: {status}", flush=True)
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(args) -> int:
+    import signal
+
     from coworld.config import load_config
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     from coworld.eval.report import plot_comparison, results_table, run_result
 
     t0 = time.time()
