@@ -30,7 +30,6 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from coworld import envs
@@ -47,9 +46,9 @@ from coworld.algos.dreamer import DreamerAgent
 from coworld.config import Config
 from coworld.data.replay import Replay
 from coworld.errors import UserError
-from coworld.run.driver import Collector, evaluate
+from coworld.run.driver import Collector
 from coworld.run.session import Session
-from coworld.run.train import Periodic, finish, log_openloop, make_env, run_evaluation
+from coworld.run.train import Periodic, finish, log_openloop, make_env, run_evaluation, updates_due
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,6 @@ class SourceWorker:
         self.collector = Collector(self.env, self.replay, seed=cfg.seed + 1000 * (index + 1),
                                    action_dim=self.action_dim)
         self.adapter = ActionAdapter(self.action_dim, target_dim)
-        self.pretrained = False
 
     def components(self, i: int) -> dict:
         return {f"source{i}_agent": self.agent, f"source{i}_replay": self.replay,
@@ -220,14 +218,9 @@ class CoWorldTrainer:
         episode = src.collector.step(agent, noise=t.expl_noise)
         if episode:
             self.session.logger.scalars(self.counters["units"], episode, prefix=f"source{i}/episode/")
-        if phase.kind == "prefill" or src.replay.num_episodes == 0:
-            return {}
-        n = 0
-        if not self.counters["pretrained"][i]:
-            n = t.pretrain
-            self.counters["pretrained"][i] = True
-        elif src.collector.steps % t.train_every == 0:
-            n = 1
+        ready = phase.kind != "prefill" and src.replay.num_episodes > 0
+        pretrained = self.counters["pretrained"]
+        n, pretrained[i] = updates_due(t, src.collector.steps, ready, pretrained[i])
         metrics = {}
         for _ in range(n):
             metrics = self.source_update(src, phase.align)
@@ -315,7 +308,7 @@ class CoWorldTrainer:
 
 
 def train_from_args(args, cfg: Config) -> int:
-    from coworld.run.commands import _run_args, seed_everything
+    from coworld.run.commands import recorded_args, seed_everything
 
     finetune = args.algo == "dv2-finetune"
     if not args.source:
@@ -330,7 +323,7 @@ def train_from_args(args, cfg: Config) -> int:
     cfg.coworld.reward_align &= not args.no_reward_align
     cfg.coworld.value_constraint &= not args.no_value_constraint
     cfg.coworld.no_max |= args.no_max
-    session = Session(args.logdir, run_args=_run_args(args), cfg=cfg, total=args.steps, unit="unit",
+    session = Session(args.logdir, run_args=recorded_args(args), cfg=cfg, total=args.steps, unit="unit",
                       progress=not args.no_progress, extendable=False)
     seed_everything(session.cfg.seed)
     trainer = CoWorldTrainer(session, args.source, args.target_dataset, args.target_env, finetune=finetune)

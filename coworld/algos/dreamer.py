@@ -101,6 +101,15 @@ def frozen(module: nn.Module):
             p.requires_grad_(flag)
 
 
+def add_extra(loss: Tensor, hook, inputs: dict, metrics: dict) -> Tensor:
+    """``loss + hook(inputs)[0]`` (the hook's metrics go into ``metrics``); ``loss`` when no hook."""
+    if hook is None:
+        return loss
+    extra, extra_metrics = hook(inputs)
+    metrics.update(extra_metrics)
+    return loss + extra.float()
+
+
 class DreamerAgent(nn.Module):
     """DreamerV2: world model, actor, critic, slow critic and their optimizers (SPEC 3-4)."""
 
@@ -143,10 +152,7 @@ class DreamerAgent(nn.Module):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with self.autocast():
             loss, out, metrics = self.wm.loss(batch)
-            if extra_loss is not None:
-                extra, extra_metrics = extra_loss(out)
-                loss = loss + extra.float()
-                metrics.update(extra_metrics)
+            loss = add_extra(loss, extra_loss, out, metrics)
         metrics["model/loss"] = loss.detach()
         metrics["model/grad_norm"] = self.model_opt.step(loss)
         post = {k: v.detach() for k, v in out["post"].items()}
@@ -228,10 +234,7 @@ class DreamerAgent(nn.Module):
         with self.autocast():
             crit["value"] = self.critic(crit["feat"])
             critic_loss = (weight[:-1] * 0.5 * (crit["value"][:-1] - crit["target"]) ** 2).mean()
-            if critic_extra is not None:
-                extra, extra_metrics = critic_extra(crit)
-                critic_loss = critic_loss + extra.float()
-                metrics.update(extra_metrics)
+            critic_loss = add_extra(critic_loss, critic_extra, crit, metrics)
         metrics["critic/loss"] = critic_loss.detach()
         metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
         return metrics

@@ -252,12 +252,11 @@ class DreamerLearner:
         pass  # the agent samples from the replay itself
 
     def train(self, steps: int) -> None:
+        from coworld.run.train import updates_due
+
         t = self.cfg.train
-        if steps < self.prefill or self.replay.num_episodes == 0:
-            return
-        n = 1 if steps % t.train_every == 0 else 0
-        if not self.pretrained:
-            n, self.pretrained = t.pretrain, True
+        ready = steps >= self.prefill and self.replay.num_episodes > 0
+        n, self.pretrained = updates_due(t, steps, ready, self.pretrained)
         for _ in range(n):
             self.agent.update(self.replay.sample(t.batch, t.length, device=self.agent.device, mode=t.sampling))
 

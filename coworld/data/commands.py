@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from coworld.data.collect import COLLECT_LEVELS, COLLECTORS
-from coworld.data.episodes import DatasetError, list_episode_files, load_episode, read_npz, read_sidecar
+from coworld.data.episodes import DatasetError, list_episode_files, read_npz, read_sidecar
 from coworld.data.interop import EXPORT_FORMATS, IMPORT_FORMATS, REPAIRS
 from coworld.data.make import LEVELS, make_dataset
 from coworld.data.validate import validate_directory

@@ -89,7 +89,8 @@ def dataset_action_dim(directory) -> int:
     return int(load_episode(files[0])["action"].shape[-1])
 
 
-def _run_args(args) -> dict:
+def recorded_args(args) -> dict:
+    """What run.json records of a `train` command (compared on resume)."""
     keys = ("algo", "env", "dataset", "source", "target_dataset", "target_env", "preset", "overrides", "seed",
             "steps", "no_state_align", "no_reward_align", "no_value_constraint", "no_max")
     return {k: getattr(args, k) for k in keys}
@@ -118,7 +119,7 @@ def cmd_train(args) -> int:
         from coworld.algos.cotrain import train_from_args
 
         return train_from_args(args, cfg)
-    session = Session(args.logdir, run_args=_run_args(args), cfg=cfg, total=args.steps, unit=unit,
+    session = Session(args.logdir, run_args=recorded_args(args), cfg=cfg, total=args.steps, unit=unit,
                       progress=not args.no_progress)
     seed_everything(session.cfg.seed)
     agent = build_agent(args.algo, session.cfg, action_dim, session.device)

@@ -80,7 +80,7 @@ METHODS = ("CoWorld", "Offline DV2", "DV2 Finetune", "CoWorld w/o max")
 
 def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, preset: str,
          methods: list[str]) -> list[dict]:
-    jobs = []
+    todo = []
     for seed in range(seeds):
         base = ["--preset", preset, "--seed", str(seed), "--no-progress"]
         co = ["--source", SOURCE_ENV, "--target-dataset", str(data), "--target-env", TARGET_ENV]
@@ -98,8 +98,8 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra[method]), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
-            jobs.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd})
-    return jobs
+            todo.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd})
+    return todo
 
 
 def _finished(logdir: Path) -> bool:

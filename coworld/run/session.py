@@ -89,19 +89,29 @@ class Session:
     def finish(self, components: dict, counters: dict) -> int:
         """Save and close; returns the exit code (130/143 when stopped by a signal)."""
         self.save(components, counters)
-        self.logger.close()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.close()
         if self.stop_signal is not None:
             print(f"stopped by signal {self.stop_signal}; saved {self.ckpt_path}. "
                   "Re-run the same command to resume.", flush=True)
             return 128 + self.stop_signal
         return 0
 
+    def close(self) -> None:
+        """Close the logs and give SIGINT / SIGTERM back their default handlers."""
+        self.logger.close()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, components: dict, counters: dict, metrics: dict | None = None) -> None:
-        """Write a checkpoint of ``components`` (objects with state_dict / checkpoint_state)."""
-        check_finite(components, metrics)
+        """Write a checkpoint of ``components`` (objects with state_dict / checkpoint_state).
+
+        A diverged model is not saved: the run is closed and TrainingDiverged raised."""
+        try:
+            check_finite(components, metrics)
+        except TrainingDiverged:
+            self.close()
+            raise
         state = {"format": 1, "counters": dict(counters), "rng": rng_state(),
                  "logger": {"jsonl_size": self.logger.jsonl_size()},
                  "dims": {n: o.action_dim for n, o in components.items() if hasattr(o, "action_dim")}}

@@ -35,6 +35,20 @@ def summarize(values) -> dict:
     return {"mean": float(arr.mean()), "std": float(arr.std()), "min": float(arr.min()), "max": float(arr.max())}
 
 
+def updates_due(train_cfg, step: int, ready: bool, pretrained: bool) -> tuple[int, bool]:
+    """Gradient updates to make after agent step ``step`` of online training (SPEC 4, 8).
+
+    None until ``ready`` (prefill done and a finished episode in the replay); then a burst of
+    ``pretrain`` updates on the first training call; then one every ``train_every`` steps.
+    Returns (updates, pretrained).
+    """
+    if not ready:
+        return 0, pretrained
+    if not pretrained:
+        return train_cfg.pretrain, True
+    return int(step % train_cfg.train_every == 0), True
+
+
 class Periodic:
     """Fires when a counter crosses a multiple of ``every`` (0 = never); stateless, so resume-safe."""
 
@@ -113,14 +127,11 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
         episode = collector.step(agent if before >= cfg.train.prefill else None, noise=cfg.train.expl_noise)
         if episode:
             logger.scalars(collector.steps, episode, prefix="episode/")
-        if collector.steps >= cfg.train.prefill and replay.num_episodes > 0:
-            n = 0
-            if not counters["pretrained"]:
-                n, counters["pretrained"] = cfg.train.pretrain, True
-            elif collector.steps % cfg.train.train_every == 0:
-                n = 1
-            for _ in range(n):
-                metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
+        ready = collector.steps >= cfg.train.prefill and replay.num_episodes > 0
+        n, counters["pretrained"] = updates_due(cfg.train, collector.steps, ready, counters["pretrained"])
+        for _ in range(n):
+            metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
+                                                 mode=cfg.train.sampling))
         after = collector.steps
         if do_eval(before, after):
             run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
@@ -146,8 +157,6 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
     """
     cfg = session.cfg
     replay = Replay(dataset, seed=cfg.seed)
-    if replay.action_dim != agent.action_dim:
-        raise AssertionError("agent built with the wrong action dimension")
     eval_env = make_env(cfg, env_id) if env_id else None
     components = {"agent": agent, "replay": replay}
     session.restore(components)

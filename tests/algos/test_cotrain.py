@@ -31,7 +31,9 @@ def test_schedule_follows_spec_8_counts():
     target = [p for p in phases if p.kind == "target"]
     assert all(p.length == c.block_steps // cfg.train.train_every for p in target)
     assert all(p.evaluate for p in target) and sum(p.select for p in target) == c.outer_iters
-    assert all(p.align for p in phases if p.kind == "source" and phases.index(p) > c.warmup_blocks)
+    # source blocks align rewards (stage B) exactly when they come after the source warm-up
+    assert [p.align for p in phases if p.kind == "source"] == \
+        [False] * c.warmup_blocks + [True] * (c.wm_warmup_rounds + c.outer_iters * c.source_blocks)
 
 
 def test_small_steps_scale_every_stage_down():

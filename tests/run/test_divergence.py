@@ -24,13 +24,10 @@ def train(logdir, *sets):
     return cli.main(args)
 
 
-@pytest.fixture(autouse=True)
-def _restore_signal_handlers():
-    """A run traps SIGINT/SIGTERM; one that stops with an error may leave them set."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
+def assert_default_signal_handlers():
+    """A run traps SIGINT/SIGTERM while it trains; a diverged run gives them back too."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def tensors(tree):
@@ -61,6 +58,7 @@ def test_inf_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(DreamerAgent, "update", update_going_inf)
     assert train(tmp_path) == 2
+    assert_default_signal_handlers()
     err = capsys.readouterr().err
     assert "model/loss" in err and "NaN/inf" in err and "last good checkpoint" in err
     state = load_checkpoint(tmp_path)
@@ -77,6 +75,7 @@ def test_inf_loss_stops_run_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_exploding_learning_rate_is_caught(tmp_path, capsys):
     assert train(tmp_path, "model.lr=1e30") == 2
+    assert_default_signal_handlers()
     assert "NaN/inf" in capsys.readouterr().err
     state = load_checkpoint(tmp_path)
     # Prefill checkpoints at 10 and 20; the first updates (step 30) diverge, so step 20's stays.
