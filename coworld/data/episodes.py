@@ -66,6 +66,22 @@ def name_length(name: str) -> int | None:
     return int(match["length"]) if match else None
 
 
+def bad_listed_name(name) -> str | None:
+    """Why ``name`` (a key of dataset.json's ``files``) is not a bare episode file name, or None.
+
+    Names listed in a sidecar are joined to the dataset directory; a name with a separator, ``..``
+    or an absolute path would point outside it (e.g. ``/etc/passwd`` or ``/dev/zero``), so such
+    names are never opened.
+    """
+    if not isinstance(name, str) or not name:
+        return "an episode name must be a non-empty string"
+    if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or Path(name).is_absolute():
+        return "an episode name must be a bare file name (no '/', no '..', not absolute); it is never opened"
+    if not name.endswith(".npz"):
+        return "an episode name must end in .npz; it is never opened"
+    return None
+
+
 def list_episode_files(directory) -> list[Path]:
     """The episode files of a directory, sorted by name (= by time for well-named files)."""
     directory = Path(directory)

@@ -3,9 +3,12 @@
 One class serves both uses:
 
 - offline (``readonly=True``): every episode of ``directory`` is validated once and written, streaming
-  episode by episode, into a packed cache of ``.npy`` files that is then memory-mapped. The cache is keyed
-  by the dataset's files (names, sizes, times, sidecar checksums), so a changed dataset rebuilds it; a
-  dataset larger than RAM works because only the pages a batch touches are read.
+  episode by episode, into a packed cache of ``.npy`` files that is then memory-mapped. The dataset
+  directory is never written to: the cache lives in a user cache directory (:func:`default_cache_root`),
+  keyed by the dataset's location and content (dataset.json's bytes, file names, sizes and times), so
+  a changed dataset rebuilds it. It is built under an OS file lock and renamed into place, so processes
+  opening one dataset at once wait for a single build and share it. A dataset larger than RAM works
+  because only the pages a batch touches are read.
 - online (``readonly=False``): ``add_episode`` appends to in-memory arrays (grown by doubling) and saves
   the episode atomically into ``directory`` (when given) with a sequence-numbered name, updating
   dataset.json. Existing episodes of the directory are loaded first.
@@ -17,6 +20,8 @@ of the packed arrays (``n = T + 1``). ``sample`` picks episodes, then a window s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +35,7 @@ import torch
 from coworld.data.episodes import (
     SIDECAR,
     DatasetError,
+    bad_listed_name,
     episode_name,
     list_episode_files,
     normalize_episode,
@@ -42,7 +48,29 @@ from coworld.data.validate import check_episode
 from coworld.errors import UserError
 
 KEYS = ("image", "action", "reward", "discount", "is_first", "is_terminal")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+CACHE_ENV = "COWORLD_CACHE"
+LOCK_NAME = ".lock"
+
+
+def default_cache_root() -> Path:
+    """Where offline caches live: ``$COWORLD_CACHE/replay``, else ``$XDG_CACHE_HOME/coworld/replay``,
+    else ``~/.cache/coworld/replay``."""
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coworld")
+    return Path(root) / "replay"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Hold an exclusive OS lock on ``path`` (created if needed). The kernel drops it when the
+    process dies, so a killed holder never leaves a lock to clean up; other processes wait."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class Replay:
@@ -62,9 +90,10 @@ class Replay:
         seed: seed of the sampler's numpy Generator (PCG64).
         capacity: online only: most entries (steps + 1 per episode) kept in memory; the oldest episodes
             are dropped from sampling beyond it (their files stay on disk). None = unbounded.
-        cache_dir: where the packed offline cache lives; default <directory>/.cache, or a user cache
-            directory ($XDG_CACHE_HOME/coworld/replay) when the dataset directory is not writable.
-        skip_bad: skip malformed episodes with a warning instead of raising DatasetError.
+        cache_dir: root of the packed offline caches; default $COWORLD_CACHE/replay, else
+            $XDG_CACHE_HOME/coworld/replay, else ~/.cache/coworld/replay. Never the dataset directory.
+        skip_bad: skip malformed (or listed but missing) episodes with a warning instead of raising
+            DatasetError.
         readonly: True for an offline dataset (memory-mapped), False for a growing online replay.
         """
         self.directory = Path(directory) if directory is not None else None
@@ -245,7 +274,7 @@ class Replay:
             return ep
         except DatasetError as exc:
             if not self.skip_bad:
-                raise DatasetError(f"{exc} (run `coworld data validate`, or pass skip_bad=True)") from None
+                raise DatasetError(f"{exc} (`coworld data validate {self.directory}` lists every problem)") from None
             warnings.warn(f"skipping bad episode: {exc}", stacklevel=3)
             return None
 
@@ -257,42 +286,81 @@ class Replay:
         if not files:
             raise DatasetError(f"{self.directory}: no episode files (*.npz); is this the right directory?")
         side = read_sidecar(self.directory)
-        sidecar_files = (side or {}).get("files", {})
-        fingerprint = [CACHE_VERSION, self.skip_bad, [[p.name, *self._stat(p)] for p in files]]
-        fingerprint.append({name: entry.get("sha256") for name, entry in sidecar_files.items()})
-        key = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:20]
-        root = Path(cache_dir) if cache_dir is not None else self._default_cache_root()
-        cache = root / key
-        if not (cache / "meta.json").exists():
-            self._build_cache(files, sidecar_files, root, cache)
-        meta = json.loads((cache / "meta.json").read_text())
-        self._data = {k: np.load(cache / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in KEYS}
+        sidecar_files = self._listed_files(side, files)
+        side_path = self.directory / SIDECAR
+        side_digest = hashlib.sha256(side_path.read_bytes()).hexdigest() if side is not None else None
+        fingerprint = [CACHE_VERSION, self.skip_bad, side_digest, [[p.name, *self._stat(p)] for p in files]]
+        key = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:24]
+        group = self._cache_group(cache_dir)
+        cache = group / key
+        with _locked(group / LOCK_NAME):
+            # Holding the lock: no other process is building here, so any build directory is left
+            # over from a killed build and can go.
+            if not (cache / "meta.json").exists():
+                for stale in group.glob(".build-*"):
+                    shutil.rmtree(stale, ignore_errors=True)
+                self._build_cache(files, sidecar_files, group, cache)
+            # Mapped under the lock too, so that a concurrent rebuild cannot remove the entry
+            # between the check and the mapping (mapped files stay readable once removed).
+            meta = json.loads((cache / "meta.json").read_text())
+            self._data = {k: np.load(cache / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in KEYS}
         self._names, self._ep_len = meta["names"], meta["lengths"]
         self._ep_start = np.concatenate([[0], np.cumsum(self._ep_len)[:-1]]).astype(int).tolist()
         self._size = int(sum(self._ep_len))
         self._action_dim, self._image_shape = meta["action_dim"], tuple(meta["image_shape"])
+
+    def _listed_files(self, side: dict | None, files) -> dict:
+        """dataset.json's ``files`` entry, after checking that every listed name is a bare file name
+        and that every listed file is present (a missing one is refused unless skip_bad)."""
+        listed = (side or {}).get("files", {})
+        if not isinstance(listed, dict):
+            raise DatasetError(f"{self.directory / SIDECAR}: 'files' must map episode names to entries; "
+                               "fix or delete dataset.json")
+        present = {p.name for p in files}
+        for name in listed:
+            why = bad_listed_name(name)
+            if why:
+                raise DatasetError(f"{self.directory / SIDECAR}: lists {name!r}: {why}; fix or delete dataset.json")
+            if name not in present:
+                message = (f"{self.directory / name}: listed in {SIDECAR} but missing; restore the file, or "
+                           f"remove its entry from {SIDECAR} if the dataset is meant to be without it")
+                if not self.skip_bad:
+                    raise DatasetError(message)
+                warnings.warn(f"skipping missing episode: {message}", stacklevel=4)
+        return {name: entry for name, entry in listed.items() if isinstance(entry, dict)}
 
     @staticmethod
     def _stat(path: Path):
         st = path.stat()
         return st.st_size, st.st_mtime_ns
 
-    def _default_cache_root(self) -> Path:
-        if os.access(self.directory, os.W_OK):
-            return self.directory / ".cache"
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        tag = hashlib.sha256(str(self.directory.resolve()).encode()).hexdigest()[:16]
-        return base / "coworld" / "replay" / tag
+    def _cache_group(self, cache_dir) -> Path:
+        """The cache directory of this dataset: ``<root>/<dir name>-<hash of its path>``, where root is
+        ``cache_dir`` or :func:`default_cache_root`. Never inside the dataset directory."""
+        root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+        where = self.directory.resolve()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in where.name)[:40] or "dataset"
+        group = root / f"{safe}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
+        if group.resolve().is_relative_to(where):
+            raise UserError(f"the replay cache {group} would lie inside the dataset {where}; datasets are "
+                            f"never written to: choose a cache_dir (or ${CACHE_ENV}) outside it")
+        try:
+            group.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create the replay cache directory {group} ({exc.strerror}); "
+                            f"set ${CACHE_ENV} to a writable directory") from None
+        return group
 
     def _build_cache(self, files, sidecar_files, root: Path, cache: Path) -> None:
         """Stream every episode into raw per-key files, then give them .npy headers; never holds
-        more than one episode in memory."""
-        root.mkdir(parents=True, exist_ok=True)
+        more than one episode in memory. Called with the cache lock held; the entry is assembled in a
+        ``.build-*`` directory and renamed into place, so readers only ever see complete entries."""
         build = root / f".build-{cache.name}-{os.getpid()}"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
         raw = {key: open(build / f"{key}.raw", "wb") for key in KEYS}
         names, lengths, dtypes, shapes = [], [], {}, {}
+        ok = False
         try:
             for path in files:
                 ep = self._read(path, sidecar_files)
@@ -307,9 +375,12 @@ class Replay:
                     raw[key].write(value.tobytes())
                 names.append(path.name)
                 lengths.append(len(ep["reward"]))
+            ok = True
         finally:
             for f in raw.values():
                 f.close()
+            if not ok:
+                shutil.rmtree(build, ignore_errors=True)
         if not names:
             shutil.rmtree(build, ignore_errors=True)
             raise DatasetError(f"{self.directory}: every episode was skipped as bad; nothing to load")
@@ -330,9 +401,9 @@ class Replay:
             "action_dim": self._action_dim,
             "image_shape": list(self._image_shape),
         }
-        (build / "meta.json").write_text(json.dumps(meta))
-        for old in root.iterdir():  # caches of earlier versions of this dataset
-            if old != build and old.is_dir() and (old / "meta.json").exists():
+        (build / "meta.json").write_text(json.dumps(meta))  # written last: an entry with it is complete
+        for old in root.iterdir():  # caches of earlier versions of this dataset (we hold the lock)
+            if old.is_dir() and not old.name.startswith("."):
                 shutil.rmtree(old, ignore_errors=True)
         os.replace(build, cache)
 

@@ -27,6 +27,12 @@ def ordered_name(i: int, T: int) -> str:
     return f"20240101T{i:06d}-{'0' * 32}-{T}.npz"
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Offline replay caches go to a per-test directory, never to the user's ~/.cache."""
+    monkeypatch.setenv("COWORLD_CACHE", str(tmp_path_factory.mktemp("coworld-cache")))
+
+
 @pytest.fixture
 def episode():
     """The make_episode factory."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from coworld.data.episodes import DatasetError, read_sidecar, save_episode
-from coworld.data.replay import Replay
+from coworld.data.replay import Replay, default_cache_root
 from coworld.errors import UserError
 
 
@@ -38,7 +38,8 @@ def test_offline_sample_shapes_and_content(dataset):
 def test_offline_cache_is_memory_mapped_and_reused(dataset, monkeypatch):
     first = Replay(dataset)
     assert isinstance(first._data["image"], np.memmap)
-    assert list((dataset / ".cache").iterdir())
+    assert not (dataset / ".cache").exists()  # the dataset directory is never written to
+    assert list(default_cache_root().iterdir())
     monkeypatch.setattr(Replay, "_build_cache", lambda *a: pytest.fail("cache rebuilt"))
     again = Replay(dataset, seed=3)
     assert again.names == first.names
@@ -52,13 +53,21 @@ def test_changed_dataset_rebuilds_cache(dataset, episode, tmp_path):
     assert len([p for p in (tmp_path / "c").iterdir() if not p.name.startswith(".")]) == 1  # old one removed
 
 
-def test_read_only_dataset_uses_user_cache(dataset, tmp_path, monkeypatch):
+def test_cache_root_follows_the_environment(dataset, tmp_path, monkeypatch):
+    monkeypatch.delenv("COWORLD_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    real_access = __import__("os").access
-    monkeypatch.setattr("coworld.data.replay.os.access", lambda p, m: False if str(p) == str(dataset) else real_access(p, m))
     Replay(dataset)
     assert not (dataset / ".cache").exists()
     assert list((tmp_path / "xdg" / "coworld" / "replay").iterdir())
+    monkeypatch.setenv("COWORLD_CACHE", str(tmp_path / "mine"))
+    Replay(dataset)
+    assert list((tmp_path / "mine" / "replay").iterdir())
+
+
+def test_cache_inside_the_dataset_is_refused(dataset):
+    with pytest.raises(UserError, match="inside the dataset"):
+        Replay(dataset, cache_dir=dataset / "sub")
+    assert not (dataset / "sub").exists()
 
 
 def test_short_episodes_run_into_the_next(tmp_path, episode):
