@@ -53,7 +53,7 @@ class ModelConfig:
     discount_scale: float = 1.0
     ensemble: int = 0  # Offline DV2: number of extra prior (transition) heads; 0 = plain DV2
     lr: float = 3e-4  # world model Adam learning rate
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # world model: weights *= (1 - wd) before every Adam step (DreamerV2 / V-D4RL)
 
 
 @dataclass
@@ -76,6 +76,7 @@ class BehaviourConfig:
     critic_lr: float = 8e-5
     eps: float = 1e-5  # Adam epsilon for all three optimizers
     grad_clip: float = 100.0  # grad-norm clip for all three optimizers
+    weight_decay: float = 0.0  # actor and critic: weights *= (1 - wd) before every Adam step (V-D4RL)
 
 
 @dataclass
@@ -95,6 +96,9 @@ class TrainConfig:
     checkpoint_every: int = 2000  # agent steps (online) or updates (offline) between checkpoints
     video_every: int = 5  # write a GIF of the first episode of every N-th evaluation (0 = never)
     offline_penalty: float = 0.0  # Offline DV2: reward penalty lambda on ensemble disagreement
+    offline_penalty_kind: str = "meandis"  # Offline DV2's u: "meandis" (V-D4RL's recommended) or "std"
+    offline_wm_updates: int = 0  # Offline DV2: world-model-only updates first, then agent-only updates with the
+    #   model frozen (V-D4RL: 25,000 then the agent); 0 = world model and agent updated together every step
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     amp: str = "none"  # mixed precision: "none" | "bf16" | "fp16"
     compile: bool = False  # torch.compile the update functions
@@ -261,11 +265,21 @@ def parse_override(text: str) -> dict:
     return out
 
 
-def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Resolve a preset (with ``extends``) and apply ``section.key=value`` overrides."""
+# Settings an algorithm cannot run without, where the dataclass default switches it off. They sit
+# between the dataclass defaults and the preset: a preset that names a value keeps it, and --set wins
+# over both, so `--algo offline-dv2` works with every size preset (docs/algorithms.md, "Offline DV2").
+ALGO_DEFAULTS: dict[str, dict] = {
+    "offline-dv2": {"model": {"ensemble": 7}, "train": {"offline_penalty": 10.0}},
+}
+
+
+def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (), algo: str | None = None) -> Config:
+    """Resolve a preset (with ``extends``) over ``algo``'s required settings, then apply
+    ``section.key=value`` overrides."""
     cfg = Config()
     data = _resolve_preset(preset)
     data.pop("source", None)  # provenance text; kept in the file, not in the config
+    _apply(cfg, ALGO_DEFAULTS.get(algo or "", {}), where=f"algorithm {algo}")
     _apply(cfg, data, where=preset)
     cfg.preset = preset
     for text in overrides:
@@ -279,6 +293,7 @@ _CHOICES = {
     ("behaviour", "actor_grad"): ("dynamics", "reinforce", "both"),
     ("train", "sampling"): ("uniform", "length"),
     ("train", "amp"): ("none", "bf16", "fp16"),
+    ("train", "offline_penalty_kind"): ("meandis", "std"),
     ("coworld", "eta_schedule"): ("linear", "frozen"),
     ("coworld", "align_scale"): ("released", "per_frame"),
     ("coworld", "action_adapter"): ("pad",),

@@ -19,9 +19,11 @@ DOCUMENTED = {
         "model.hidden": 600, "behaviour.gamma": 0.995, "train.batch": 50, "train.length": 50,
     },
     "offline-dv2": {  # V-D4RL offlinedv2 configs.yaml + README
-        "model.ensemble": 7, "model.latent": "discrete", "model.deter": 1024, "model.hidden": 1024,
-        "model.depth": 48, "model.weight_decay": 1e-6, "behaviour.horizon": 5, "train.batch": 64,
-        "train.length": 50, "train.offline_penalty": 10.0,
+        "model.ensemble": 7, "model.latent": "discrete", "model.deter": 200, "model.hidden": 200,
+        "model.layer_norm": True, "model.depth": 48, "model.weight_decay": 1e-6, "model.free_nats": 1.0,
+        "behaviour.weight_decay": 1e-6, "behaviour.horizon": 5, "behaviour.critic_lr": 8e-5,
+        "behaviour.critic_layers": 4, "train.batch": 64, "train.length": 50, "train.offline_penalty": 10.0,
+        "train.offline_penalty_kind": "meandis", "train.offline_wm_updates": 25000,
     },
     "tiny": {
         "model.depth": 8, "model.deter": 64, "model.stoch": 16, "train.batch": 8, "train.length": 16,
@@ -82,3 +84,13 @@ def test_bad_overrides_fail_clearly(override, message):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ConfigError, match="tiny"):
         load_config("no-such-preset")
+
+
+def test_algorithm_brings_its_required_settings():
+    """`--algo offline-dv2` works with a size preset: ensemble and penalty come with the algorithm,
+    a preset that names them keeps its values, and --set wins over both."""
+    assert load_config("tiny").model.ensemble == 0
+    cfg = load_config("tiny", algo="offline-dv2")
+    assert (cfg.model.ensemble, cfg.train.offline_penalty) == (7, 10.0)
+    assert load_config("tiny", ["model.ensemble=3"], algo="offline-dv2").model.ensemble == 3
+    assert load_config("tiny", algo="dreamer").model.ensemble == 0

@@ -54,17 +54,25 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 class Optimizer:
-    """Adam (decoupled weight decay when > 0) with grad-norm clipping and, for fp16, loss scaling."""
+    """Adam with grad-norm clipping, DreamerV2's weight decay and, for fp16, loss scaling.
+
+    Weight decay as in DreamerV2 and V-D4RL: every parameter is multiplied by (1 - wd)
+    before each Adam step (not scaled by the learning rate, unlike AdamW).
+    """
 
     def __init__(self, params, lr, eps, clip, weight_decay=0.0, scaler=False, device="cpu"):
         self.params = list(params)
-        self.opt = torch.optim.AdamW(self.params, lr=lr, eps=eps, weight_decay=weight_decay)
+        self.opt = torch.optim.Adam(self.params, lr=lr, eps=eps)
         self.clip = clip
+        self.decay = 1.0 - weight_decay
         self.scaler = torch.amp.GradScaler(torch.device(device).type) if scaler else None
 
     def step(self, loss: Tensor) -> Tensor:
         """Backward, clip, step. Returns the gradient norm before clipping (a tensor, no sync)."""
         self.opt.zero_grad(set_to_none=True)
+        if self.decay != 1.0:
+            with torch.no_grad():
+                torch._foreach_mul_(self.params, self.decay)
         if self.scaler is None:
             loss.backward()
             norm = nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -132,8 +140,8 @@ class DreamerAgent(nn.Module):
         scaler = amp == "fp16"
         opt = dict(eps=b.eps, clip=b.grad_clip, scaler=scaler, device=self.device)
         self.model_opt = Optimizer(self.wm.parameters(), m.lr, weight_decay=m.weight_decay, **opt)
-        self.actor_opt = Optimizer(self.actor.parameters(), b.actor_lr, **opt)
-        self.critic_opt = Optimizer(self.critic.parameters(), b.critic_lr, **opt)
+        self.actor_opt = Optimizer(self.actor.parameters(), b.actor_lr, weight_decay=b.weight_decay, **opt)
+        self.critic_opt = Optimizer(self.critic.parameters(), b.critic_lr, weight_decay=b.weight_decay, **opt)
         self.updates = 0
         if cfg.train.compile:
             for module in (self.wm.encoder, self.wm.decoder, self.wm.rssm.cell, self.actor):
@@ -157,6 +165,15 @@ class DreamerAgent(nn.Module):
         metrics["model/grad_norm"] = self.model_opt.step(loss)
         post = {k: v.detach() for k, v in out["post"].items()}
         return post, metrics
+
+    @torch.no_grad()
+    def posterior(self, batch: dict[str, Tensor]) -> dict:
+        """Posterior states (B, L, …) of a batch under the current model, without gradient."""
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with self.autocast():
+            embed = self.wm.encode(batch["image"])
+            post, _ = self.wm.observe(embed, batch["action"], batch["is_first"])
+        return post
 
     # ------------------------------------------------------------------ behaviour
 

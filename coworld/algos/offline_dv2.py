@@ -1,4 +1,4 @@
-"""Offline DreamerV2 (Lu et al. 2023, V-D4RL; SPEC section 10).
+"""Offline DreamerV2 (Lu et al. 2023, V-D4RL; docs/algorithms.md, "Offline DV2").
 
 DreamerV2 trained only on offline data, with an ensemble of K = cfg.model.ensemble prior
 (transition) heads, each trained with its own balanced KL to the posterior (see
@@ -6,13 +6,17 @@ DreamerV2 trained only on offline data, with an ensemble of K = cfg.model.ensemb
 
     r~ = r - lambda * u,   lambda = cfg.train.offline_penalty,
 
-where u (the "mean disagreement") is, at a deterministic state h, the mean over latent
-dimensions of the standard deviation across members of each member's predicted latent
-(means for Gaussian latents, class probabilities for discrete ones). The penalty of a
-transition s_t -> s_{t+1} is taken at h_{t+1}, the state whose latent the members predict.
+where u is the ensemble's disagreement about the next latent, at the deterministic state h
+whose latent the members predict (the penalty of s_t -> s_{t+1} is taken at h_{t+1}).
+``train.offline_penalty_kind`` chooses u (see :func:`disagreement`); V-D4RL recommends
+"meandis" with lambda = 10.
 
 Imagination steps with a member drawn uniformly at random per step (one draw shared by
 the whole batch, from torch's global generator), as the V-D4RL code does.
+
+Training protocol: with ``train.offline_wm_updates = N > 0`` (V-D4RL: 25,000) the first N
+updates train the world model alone; every later update trains the actor and critic on
+posterior states of a frozen model. With N = 0 both are updated at every step.
 """
 
 from __future__ import annotations
@@ -25,9 +29,19 @@ from coworld.config import Config
 from coworld.errors import UserError
 
 
-def disagreement(predictions: Tensor) -> Tensor:
-    """predictions (K, …, Z) -> u (…): mean over Z of the std over the K members."""
-    return predictions.std(0, unbiased=False).mean(-1)
+def disagreement(predictions: Tensor, kind: str = "meandis") -> Tensor:
+    """Ensemble disagreement u (…) from member predictions (K, …, Z), latent flattened last.
+
+    "meandis" (V-D4RL's ``compute_penalty``): with m_k member k's predicted latent (the mean
+    of a Gaussian latent, the class probabilities of a discrete one, flattened over
+    stoch x classes) and m the members' average, u = mean_k ||m_k - m||_2.
+    "std": the mean over the Z latent dimensions of the (population) std across members.
+    """
+    if kind == "meandis":
+        return (predictions - predictions.mean(0)).norm(dim=-1).mean(0)
+    if kind == "std":
+        return predictions.std(0, unbiased=False).mean(-1)
+    raise UserError(f"train.offline_penalty_kind must be 'meandis' or 'std'; got {kind!r}")
 
 
 class OfflineDV2Agent(DreamerAgent):
@@ -35,7 +49,7 @@ class OfflineDV2Agent(DreamerAgent):
         if cfg.model.ensemble < 2:
             raise UserError(
                 f"Offline DV2 needs an ensemble of at least 2 prior heads; model.ensemble is "
-                f"{cfg.model.ensemble}. Use the offline-dv2 preset or --set model.ensemble=7"
+                f"{cfg.model.ensemble}. Use --set model.ensemble=7 (V-D4RL's value)"
             )
         super().__init__(cfg, action_dim, device)
 
@@ -47,8 +61,21 @@ class OfflineDV2Agent(DreamerAgent):
         """u (…) at deterministic states ``deter`` (…, D)."""
         rssm = self.wm.rssm
         preds = torch.stack([rssm.prediction(p) for p in rssm.head_params(deter)])
-        return disagreement(preds)
+        return disagreement(preds, self.cfg.train.offline_penalty_kind)
 
     def imagined_reward(self, imag: dict) -> Tensor:
         reward = self.wm.reward(imag["feat"])
         return reward - self.cfg.train.offline_penalty * self.uncertainty(imag["state"]["deter"])
+
+    def update(self, batch: dict[str, Tensor]) -> dict:
+        """One update of V-D4RL's protocol: world model alone for the first
+        ``offline_wm_updates`` updates, then actor-critic on a frozen model (joint when 0)."""
+        pretrain = self.cfg.train.offline_wm_updates
+        if pretrain <= 0:
+            return super().update(batch)
+        if self.updates < pretrain:
+            _, metrics = self.world_model_step(batch)
+        else:
+            metrics = self.behaviour_step(self.posterior(batch))
+        self.finish_update()
+        return metrics

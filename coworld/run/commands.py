@@ -100,7 +100,7 @@ def cmd_train(args) -> int:
     from coworld.run.session import Session
 
     overrides = list(args.overrides) + [f"seed={args.seed}"]
-    cfg = load_config(args.preset, overrides)
+    cfg = load_config(args.preset, overrides, algo=args.algo)
     if args.steps <= 0:
         raise UserError("--steps must be positive")
     if args.algo in ONLINE:
