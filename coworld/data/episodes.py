@@ -156,6 +156,11 @@ def read_npz(data: bytes | os.PathLike | str, label: str = "") -> dict[str, np.n
                     f"{label}: key '{key}' cannot be read (truncated or corrupt file: {exc}); "
                     "delete or re-create it"
                 ) from None
+            if not isinstance(out[key], np.ndarray):  # a member that is not in .npy format: raw bytes
+                raise DatasetError(
+                    f"{label}: key '{key}' is raw bytes, not a NumPy array; re-save the episode with "
+                    "numeric arrays (np.savez_compressed)"
+                )
     return out
 
 
@@ -187,7 +192,7 @@ def normalize_episode(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ep["is_terminal"] = ep["discount"] == 0
     if "discount" not in ep and "is_terminal" in ep and ep["is_terminal"].ndim == 1:
         ep["discount"] = 1.0 - ep["is_terminal"].astype(np.float32)
-    size = next((len(ep[k]) for k in ("reward", "image", "action") if k in ep), None)
+    size = next((len(ep[k]) for k in ("reward", "image", "action") if k in ep and np.ndim(ep[k]) >= 1), None)
     if size is not None and "is_first" not in ep:
         ep["is_first"] = np.zeros(size, bool)
         ep["is_first"][:1] = True

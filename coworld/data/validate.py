@@ -18,6 +18,7 @@ from coworld.data.episodes import (
     REQUIRED_KEYS,
     SIDECAR,
     DatasetError,
+    bad_listed_name,
     list_episode_files,
     load_episode,
     normalize_episode,
@@ -91,9 +92,34 @@ def check_episode(ep: dict[str, np.ndarray], file: str = "<episode>") -> list[Pr
             report(key, f"shape {value.shape}, expected (T+1,)")
         elif not np.isfinite(value).all():
             report(key, "contains NaN or inf")
+    discount = ep.get("discount")
+    if discount is not None and discount.dtype.kind == "f" and discount.ndim == 1 and np.isfinite(discount).all():
+        outside = discount[(discount < 0) | (discount > 1)]
+        if len(outside):
+            report("discount", f"value {outside[0]:.4g} lies outside [0, 1]; discount is 1 - is_terminal")
+    flags_ok = {}
     for key in BOOL_KEYS:
         if key in ep and (ep[key].dtype != bool or ep[key].ndim != 1):
             report(key, f"dtype {ep[key].dtype} shape {ep[key].shape}, expected bool (T+1,)")
+        elif key in ep and len(ep[key]) == size and size >= 2:
+            flags_ok[key] = ep[key]
+    # One episode per file: it starts at entry 0 (the reset frame) and ends at its final entry.
+    if "is_first" in flags_ok:
+        first = flags_ok["is_first"]
+        if not first[0]:
+            report("is_first", "entry 0 (the reset frame) must be true")
+        if first[1:].any():
+            report("is_first", f"true at entry {np.flatnonzero(first[1:])[0] + 1}; only entry 0 starts the episode")
+    if "is_last" in flags_ok:
+        last = flags_ok["is_last"]
+        if not last[-1]:
+            report("is_last", f"the final entry ({size - 1}) must be true")
+        if last[:-1].any():
+            report("is_last", f"true at entry {np.flatnonzero(last[:-1])[0]} before the final entry {size - 1}; "
+                              "an episode ends only at its final entry")
+    if "is_terminal" in flags_ok and flags_ok["is_terminal"][:-1].any():
+        report("is_terminal", f"true at entry {np.flatnonzero(flags_ok['is_terminal'][:-1])[0]} before the final "
+                              f"entry {size - 1}; the task can only end at the episode's final entry")
     return problems
 
 
@@ -144,16 +170,33 @@ def validate_directory(directory) -> list[Problem]:
                     )
 
     if side is not None:
-        listed = side.get("files", {})
-        for name, entry in listed.items():
-            path = directory / name
-            if not path.exists():
-                problems.append(Problem(str(path), "-", f"listed in {SIDECAR} but missing"))
-            elif sha256_file(path) != entry.get("sha256"):
-                problems.append(
-                    Problem(str(path), "-", f"sha256 does not match {SIDECAR}; the file was changed")
-                )
-        for path in files:
-            if path.name not in listed:
-                problems.append(Problem(str(path), "-", f"not listed in {SIDECAR}"))
+        problems += _check_listed(directory, side, files)
+    return problems
+
+
+def _check_listed(directory: Path, side: dict, files: list[Path]) -> list[Problem]:
+    """Problems of dataset.json's ``files`` entry. Only bare names of regular files inside the
+    directory are opened (to compare checksums); any other name is a problem and is never opened."""
+    sidecar = str(directory / SIDECAR)
+    listed = side.get("files", {})
+    if not isinstance(listed, dict):
+        return [Problem(sidecar, "files", "must map episode file names to {sha256, length} entries")]
+    problems = []
+    for name, entry in listed.items():
+        why = bad_listed_name(name)
+        if why:
+            problems.append(Problem(sidecar, "files", f"{name!r}: {why}"))
+            continue
+        path = directory / name
+        if not isinstance(entry, dict):
+            problems.append(Problem(str(path), "-", f"its {SIDECAR} entry must be an object with sha256 and length"))
+        elif not path.exists() and not path.is_symlink():
+            problems.append(Problem(str(path), "-", f"listed in {SIDECAR} but missing"))
+        elif not path.is_file():
+            problems.append(Problem(str(path), "-", "not a regular file; an episode must be an .npz file"))
+        elif sha256_file(path) != entry.get("sha256"):
+            problems.append(Problem(str(path), "-", f"sha256 does not match {SIDECAR}; the file was changed"))
+    for path in files:
+        if path.name not in listed:
+            problems.append(Problem(str(path), "-", f"not listed in {SIDECAR}"))
     return problems

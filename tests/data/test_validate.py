@@ -116,3 +116,107 @@ def test_skip_bad_skips_with_warning(dataset, episode):
 
 def test_problem_str_names_file_and_key():
     assert str(Problem("a.npz", "reward", "contains NaN or inf")) == "a.npz: reward: contains NaN or inf"
+
+
+def test_discount_outside_unit_interval(episode):
+    ep = episode(3)
+    ep["discount"][2] = 7.0
+    assert "outside [0, 1]" in only(validate_episode(ep), "discount").message
+    ep["discount"][2] = -0.5
+    assert "outside [0, 1]" in only(validate_episode(ep), "discount").message
+
+
+def test_inconsistent_first_last_terminal_flags(episode):
+    ep = episode(4)
+    ep["is_first"][2] = True
+    assert "entry 2" in only(validate_episode(ep), "is_first").message
+    ep = episode(4)
+    ep["is_first"][0] = False
+    assert "entry 0" in only(validate_episode(ep), "is_first").message
+    ep = episode(4)
+    ep["is_last"][-1], ep["is_last"][1] = False, True
+    problems = validate_episode(ep)
+    assert [p.key for p in problems] == ["is_last", "is_last"]
+    assert "final entry (4)" in problems[0].message and "entry 1" in problems[1].message
+    ep = episode(4)
+    ep["is_terminal"][2] = True
+    assert "entry 2" in only(validate_episode(ep), "is_terminal").message
+    ep = episode(4)
+    ep["is_terminal"][-1], ep["discount"][-1] = True, 0.0  # a terminal final entry is fine
+    assert validate_episode(ep) == []
+
+
+@pytest.mark.parametrize("key", ["reward", "image", "is_first"])
+def test_raw_bytes_member_is_a_problem_line(tmp_path, episode, key):
+    import zipfile
+
+    path = save_episode(tmp_path, episode(3), name="a.npz")
+    with zipfile.ZipFile(path, "a") as z:  # a member that is not in .npy format replaces the array
+        z.writestr(key, b"\x00\x01raw bytes, not an array")
+    with zipfile.ZipFile(path) as z:
+        kept = {n: z.read(n) for n in z.namelist() if n != f"{key}.npy"}
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in kept.items():
+            z.writestr(name, data)
+    p = only(validate_episode(path), "-")
+    assert f"'{key}' is raw bytes" in p.message
+    assert "raw bytes" in only(validate_directory(tmp_path), "-").message
+
+
+def test_zero_dim_bytes_member_is_a_problem_line(tmp_path, episode):
+    ep = episode(3)
+    ep["reward"] = np.array(b"rawbytes")
+    np.savez(tmp_path / "a.npz", **ep)
+    problems = validate_episode(tmp_path / "a.npz")
+    assert problems and all(p.key == "reward" for p in problems)
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "/dev/zero", "../outside.npz", "sub/x.npz", "..", "notes.txt"])
+def test_sidecar_names_must_be_bare_and_are_never_opened(dataset, monkeypatch, name):
+    import json
+
+    (dataset.parent / "outside.npz").write_bytes(b"secret")
+    side = json.loads((dataset / "dataset.json").read_text())
+    side["files"][name] = {"sha256": "0" * 64, "length": 3}
+    (dataset / "dataset.json").write_text(json.dumps(side))
+    opened = []
+    real = __import__("coworld.data.validate", fromlist=["x"]).sha256_file
+
+    def guarded(path):
+        opened.append(str(path))
+        assert path.parent == dataset, f"opened {path} outside the dataset"
+        return real(path)
+
+    monkeypatch.setattr("coworld.data.validate.sha256_file", guarded)
+    p = only(validate_directory(dataset), "files")
+    assert p.file.endswith("dataset.json") and repr(name) in p.message
+    assert "bare file name" in p.message or "end in .npz" in p.message
+    assert len(opened) == 4
+
+
+def test_listed_special_file_is_not_read(dataset, monkeypatch):
+    import json
+    import os
+
+    real = __import__("coworld.data.validate", fromlist=["x"]).sha256_file
+    monkeypatch.setattr("coworld.data.validate.sha256_file",
+                        lambda path: pytest.fail("opened the fifo") if path.name == "fifo.npz" else real(path))
+    os.mkfifo(dataset / "fifo.npz")  # reading it would block forever
+    side = json.loads((dataset / "dataset.json").read_text())
+    side["files"]["fifo.npz"] = {"sha256": "0" * 64, "length": 3}
+    (dataset / "dataset.json").write_text(json.dumps(side))
+    assert "not a regular file" in only(validate_directory(dataset), "-").message
+
+
+def test_validate_cli_prints_problem_lines(dataset, capsys):
+    import json
+    from types import SimpleNamespace
+
+    from coworld.data.commands import run_validate
+
+    side = json.loads((dataset / "dataset.json").read_text())
+    side["files"]["/etc/passwd"] = {"sha256": "0" * 64, "length": 3}
+    (dataset / "dataset.json").write_text(json.dumps(side))
+    assert run_validate(SimpleNamespace(dir=str(dataset))) == 1
+    out = capsys.readouterr().out
+    assert "dataset.json: files: '/etc/passwd': an episode name must be a bare file name" in out
