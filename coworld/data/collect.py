@@ -19,16 +19,22 @@ expert of the built-in suite, measured again when ``time_limit`` / ``action_repe
   2018) on the low-dimensional ``state`` observation, while the rendered 64x64 images are recorded into
   the episodes (as V-D4RL made its data with a state-based agent).
 
-Every finished episode is written to the output directory at once (``Replay`` online mode). Re-running
-the same command resumes from ``<out>/.collect/checkpoint.pt`` (agent, optimizers, RNGs, collector
-position); episodes written after that checkpoint are removed and collected again. The sidecar's
+Every finished episode is written at once (``Replay`` online mode) into a hidden working directory
+beside the output, ``.<name>.collecting``, which is renamed to the output when the collection stops
+(level reached or ``max_steps``): the output directory never holds a half-made dataset. Re-running the
+same command resumes from ``.collect/checkpoint.pt`` in that directory (agent, optimizers, RNGs,
+collector position); episodes written after that checkpoint are removed and collected again. A larger
+``--max-steps`` continues a stopped collection (it moves back to the working directory meanwhile). The sidecar's
 ``collection`` entry records the collector, level, reference score (and where it came from), every
 evaluation and the status (``running``, ``complete`` or ``max-steps``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
@@ -37,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coworld.data.episodes import list_episode_files, load_episode, read_sidecar, space_info, update_sidecar
+from coworld.data.episodes import load_episode, publish, read_sidecar, space_info, update_sidecar
 from coworld.data.replay import Replay
 from coworld.errors import UserError
 from coworld.run.checkpoint import generator_state, load_checkpoint, rng_state, save_checkpoint, set_generator_state, set_rng_state
@@ -47,6 +53,7 @@ COLLECT_LEVELS = ("medium-replay", "medium-expert")
 COLLECTORS = ("sac-state", "dreamer")
 LEVEL_FRACTION = {"medium-replay": 0.5, "medium-expert": 0.9}  # of the reference score
 CHECKPOINT_DIR = ".collect"
+WORK_SUFFIX = ".collecting"  # the hidden working directory of an unfinished collection
 
 # Reference scores where the env spec has none: DMC rewards lie in [0, 1] per control (physics) step,
 # so the best possible return is the number of control steps, 1000 for the standard episode of
@@ -305,32 +312,85 @@ def collect_dataset(
 ) -> dict:
     """Collect the replay of a ``collector`` agent learning ``env_id`` until ``level`` into ``out``.
 
-    Resumes when ``out`` holds an unfinished collection with the same settings. ``eval_every``
+    The collection runs in a hidden sibling of ``out`` (:func:`working_dir`), renamed to ``out`` when
+    it stops (level reached, or ``max_steps``): ``out`` never holds an unfinished collection. Re-running
+    with the same settings resumes an interrupted collection from that directory, or continues a
+    stopped one to a larger ``max_steps``. ``eval_every``
     defaults to 10 episodes' worth of agent steps; ``eval_episodes`` to 5 (sac-state) or the
     preset's ``train.eval_episodes`` (dreamer); ``learner_options`` go to the learner (SAC:
     ``prefill``, ``batch``, ``hidden``, ``lr``, ``gamma``, ``tau``; dreamer: ``overrides`` of the preset).
     Returns the sidecar written.
     """
-    import coworld.envs as envs
-
     if level not in COLLECT_LEVELS:
         raise UserError(f"unknown collection level '{level}'; choose one of: {', '.join(COLLECT_LEVELS)}")
     if collector not in COLLECTORS:
         raise UserError(f"unknown collector '{collector}'; choose one of: {', '.join(COLLECTORS)}")
+    final = Path(out)
+    work = working_dir(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _collect_lock(final):
+        if work.exists() and final.exists() and any(final.iterdir()):
+            raise UserError(f"both {final} and an unfinished collection {work} exist; move one of them away and re-run")
+        source = work if work.exists() else final
+        settings = {"env": env_id, "level": level, "collector": collector, "seed": seed, "env_options": env_options}
+        made = ((read_sidecar(source) if source.is_dir() else None) or {}).get("collection") or {}
+        if made.get("method") == "online-replay":
+            old = {k: made.get(k) for k in settings}
+            if old != settings:
+                raise UserError(f"{source} holds a collection made with {old}; use the same settings to resume, "
+                                "or a new --out")
+            done = made["status"] == "complete" or (
+                made["status"] == "max-steps" and (not max_steps or made["steps"] >= max_steps))
+            if done:  # nothing to collect (a stopped collection killed before its rename: finish that)
+                if source == work:
+                    publish(work, final)
+                return read_sidecar(final)
+            if not (source / CHECKPOINT_DIR / "checkpoint.pt").exists():
+                raise UserError(f"{source}: the collection is unfinished but its checkpoint "
+                                f"{CHECKPOINT_DIR}/checkpoint.pt is missing; start again in a new --out")
+            if source == final:  # a stopped collection extended by a larger --max-steps: back to work
+                os.replace(final, work)
+        elif source.is_dir() and any(source.iterdir()):
+            raise UserError(f"{source} exists and holds files not made by `data collect`; choose a new or empty "
+                            "directory")
+        side = _collect(env_id, level, work, settings, made, collector=collector, reference_score=reference_score,
+                        seed=seed, max_steps=max_steps, eval_every=eval_every, eval_episodes=eval_episodes,
+                        checkpoint_every=checkpoint_every, progress=progress, preset=preset, device=device,
+                        overrides=overrides, learner_options=learner_options, env_options=env_options)
+        publish(work, final)
+        return side
+
+
+def working_dir(out) -> Path:
+    """Where a collection into ``out`` lives until it stops: the hidden sibling ``.<name>.collecting``."""
     out = Path(out)
+    return out.parent / f".{out.name}{WORK_SUFFIX}"
+
+
+@contextlib.contextmanager
+def _collect_lock(out: Path):
+    """One collection per ``--out`` at a time: an OS lock on a hidden sibling file (released when the
+    process ends, however it ends)."""
+    path = out.parent / f".{out.name}.collect-lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another process is collecting into {out} (it holds {path}); wait for it to "
+                            "finish or stop it") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _collect(env_id, level, out: Path, settings: dict, made: dict, *, collector, reference_score, seed, max_steps,
+             eval_every, eval_episodes, checkpoint_every, progress, preset, device, overrides, learner_options,
+             env_options) -> dict:
+    """The collection loop, in the working directory ``out``."""
+    import coworld.envs as envs
+
     ckpt_path = out / CHECKPOINT_DIR / "checkpoint.pt"
-    settings = {"env": env_id, "level": level, "collector": collector, "seed": seed, "env_options": env_options}
-    made = ((read_sidecar(out) if out.is_dir() else None) or {}).get("collection") or {}
-    if made.get("method") == "online-replay":
-        old = {k: made.get(k) for k in settings}
-        if old != settings:
-            raise UserError(f"{out} holds a collection made with {old}; use the same settings to resume, or a new --out")
-        if made["status"] == "complete" or (made["status"] == "max-steps" and (not max_steps or made["steps"] >= max_steps)):
-            return read_sidecar(out)
-        if not ckpt_path.exists():
-            raise UserError(f"{out}: the collection is unfinished but {ckpt_path} is missing; start again in a new --out")
-    elif out.is_dir() and list_episode_files(out):
-        raise UserError(f"{out} already holds episodes not made by `data collect`; choose a new or empty directory")
 
     spec = envs.spec(env_id)
     if made.get("method") == "online-replay":

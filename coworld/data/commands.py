@@ -9,7 +9,7 @@ import numpy as np
 
 from coworld.data.collect import COLLECT_LEVELS, COLLECTORS
 from coworld.data.episodes import DatasetError, list_episode_files, read_npz, read_sidecar
-from coworld.data.interop import EXPORT_FORMATS, IMPORT_FORMATS, REPAIRS
+from coworld.data.interop import EXPORT_FORMATS, IMPORT_FORMATS, MAX_EPISODE_STEPS, REPAIRS
 from coworld.data.make import LEVELS, make_dataset
 from coworld.data.validate import validate_directory
 
@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     make.add_argument("--env", required=True, help="environment id with a scripted expert, e.g. builtin:reach")
     make.add_argument("--level", required=True, choices=LEVELS, help="dataset quality (docs/datasets.md)")
     make.add_argument("--episodes", type=int, required=True, help="number of episodes to collect")
-    make.add_argument("--out", required=True, help="output directory (new or empty)")
+    make.add_argument("--out", required=True, help="output directory (new or empty; appears when complete)")
     make.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same dataset")
     make.add_argument("--time-limit", type=int, default=0, help="agent steps per episode (0 = env default)")
     make.add_argument("--action-repeat", type=int, default=0, help="action repeat (0 = env default)")
@@ -41,8 +41,10 @@ def register(subparsers) -> None:
     imp = sub.add_parser("import", help="convert a community dataset (npz, V-D4RL HDF5, Minari) to episodes")
     imp.add_argument("sources", nargs="+", metavar="SRC", help="source directories or files")
     imp.add_argument("--format", required=True, choices=IMPORT_FORMATS, help="source format (docs/collection.md)")
-    imp.add_argument("--out", required=True, help="output directory (new or empty)")
+    imp.add_argument("--out", required=True, help="output directory (new or empty; appears when complete)")
     imp.add_argument("--resize", type=int, default=0, help="vd4rl-hdf5: area-resize images to this size, e.g. 64")
+    imp.add_argument("--max-episode-steps", type=int, default=MAX_EPISODE_STEPS,
+                     help=f"vd4rl-hdf5: refuse longer episodes (default {MAX_EPISODE_STEPS}; memory grows with it)")
     imp.add_argument("--repair", choices=REPAIRS, help="npz: 'truncate' cuts keys of unequal length to the shortest")
     imp.add_argument("--env", help="environment id to record in dataset.json, e.g. dmc:walker_walk")
     imp.set_defaults(func=run_import)
@@ -164,12 +166,15 @@ def run_import(args) -> int:
 
     if args.resize and args.format != "vd4rl-hdf5":
         raise DatasetError("--resize applies to --format vd4rl-hdf5 only")
+    if args.max_episode_steps != MAX_EPISODE_STEPS and args.format != "vd4rl-hdf5":
+        raise DatasetError("--max-episode-steps applies to --format vd4rl-hdf5 only")
     if args.repair and args.format != "npz":
         raise DatasetError("--repair applies to --format npz only")
     if args.format == "npz":
         side = interop.import_npz(args.sources, args.out, repair=args.repair, env=args.env)
     elif args.format == "vd4rl-hdf5":
-        side = interop.import_vd4rl_hdf5(args.sources, args.out, resize=args.resize or None, env=args.env)
+        side = interop.import_vd4rl_hdf5(args.sources, args.out, resize=args.resize or None, env=args.env,
+                                         max_episode_steps=args.max_episode_steps)
     else:
         if len(args.sources) != 1:
             raise DatasetError("--format minari takes one source (a dataset directory or a local dataset id)")

@@ -17,12 +17,15 @@ It is optional when reading and always written by this library.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
+import socket
 import tempfile
 import uuid
 import zipfile
@@ -217,6 +220,83 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole datasets written atomically
+
+PARTIAL_TAG = ".partial-"
+
+
+def check_new_output(out) -> Path:
+    """``out`` as a Path, after checking it is new or an empty directory."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not empty; choose a new or empty output directory")
+    return out
+
+
+def partial_dir(out) -> Path:
+    """The staging directory of ``out`` for this process: a hidden sibling named after the host and pid."""
+    out = Path(out)
+    host = "".join(c if c.isalnum() or c in "-." else "_" for c in socket.gethostname())
+    return out.parent / f".{out.name}{PARTIAL_TAG}{host}-{os.getpid()}"
+
+
+def remove_dead_partials(out) -> None:
+    """Remove staging directories of ``out`` left by killed processes of this host (pid no longer alive)."""
+    out = Path(out)
+    host = "".join(c if c.isalnum() or c in "-." else "_" for c in socket.gethostname())
+    prefix = f".{out.name}{PARTIAL_TAG}{host}-"
+    if not out.parent.is_dir():
+        return
+    for path in out.parent.iterdir():
+        pid = path.name[len(prefix):] if path.name.startswith(prefix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def publish(staged, out) -> Path:
+    """Rename the finished ``staged`` directory to ``out`` (which must be absent or an empty directory)."""
+    out = Path(out)
+    try:
+        os.replace(staged, out)
+    except OSError as exc:
+        raise UserError(f"cannot move the finished dataset to {out} ({exc.strerror}); it was left in {staged}. "
+                        f"Move it by hand, or delete it and re-run") from None
+    return out
+
+
+@contextlib.contextmanager
+def staged_output(out):
+    """Yield a fresh staging directory beside ``out``; when the block succeeds, rename it to ``out``.
+
+    An interrupted or failed write leaves nothing at ``out`` (the staging directory is removed on an
+    exception, and one left by a killed process is removed by the next write of the same ``out``),
+    so a directory that exists at ``out`` is always complete.
+    """
+    out = check_new_output(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_partials(out)
+    staged = partial_dir(out)
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    publish(staged, out)
 
 
 # --------------------------------------------------------------------------------------------------

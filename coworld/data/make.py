@@ -20,9 +20,10 @@ import numpy as np
 
 from coworld.data.episodes import (
     EpisodeBuilder,
+    check_new_output,
     episode_name,
-    list_episode_files,
     save_episode,
+    staged_output,
     space_info,
     update_sidecar,
 )
@@ -90,18 +91,15 @@ def competence_schedule(level: str, episodes: int, medium: float) -> list[float]
 
 def make_dataset(env_id: str, level: str, episodes: int, out_dir, seed: int = 0, progress: bool = False, **env_options):
     """Collect ``episodes`` episodes of ``level`` quality in ``env_id`` into ``out_dir`` (episodes and
-    dataset.json). Deterministic given ``seed``. Returns the sidecar written."""
-    from pathlib import Path
-
+    dataset.json; a new or empty directory, which appears only once complete). Deterministic given
+    ``seed``. Returns the sidecar written."""
     import coworld.envs as envs
 
     if level not in LEVELS:
         raise UserError(f"unknown dataset level '{level}'; choose one of: {', '.join(LEVELS)}")
     if episodes < 1:
         raise UserError(f"--episodes must be at least 1 (got {episodes})")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and list_episode_files(out_dir):
-        raise UserError(f"{out_dir} already holds episodes; choose a new or empty output directory")
+    out_dir = check_new_output(out_dir)
     spec = envs.spec(env_id)
     env = envs.make(env_id, **env_options)
     calib_seeds, collect_seed = np.random.SeedSequence(seed).spawn(2)
@@ -117,6 +115,18 @@ def make_dataset(env_id: str, level: str, episodes: int, out_dir, seed: int = 0,
         medium = calibrate_competence(env, MEDIUM_SCORE, expert_score, seeds)
     schedule = competence_schedule(level, episodes, medium)
 
+    try:
+        with staged_output(out_dir) as staged:
+            return _collect(env, env_id, spec, level, schedule, medium, expert_score, seed, collect_seed, episodes,
+                            staged, progress, env_options)
+    finally:
+        env.close()
+
+
+def _collect(env, env_id, spec, level, schedule, medium, expert_score, seed, collect_seed, episodes, out_dir,
+             progress, env_options) -> dict:
+    import coworld.envs as envs
+
     episode_seeds = [int(s) for s in collect_seed.generate_state(2 * episodes)]
     builder = EpisodeBuilder(env.action_space.shape[0])
     returns, paths = [], []
@@ -130,7 +140,6 @@ def make_dataset(env_id: str, level: str, episodes: int, out_dir, seed: int = 0,
         returns.append(run_episode(env, policy, episode_seeds[2 * i + 1], builder))
         ep = builder.episode()
         paths.append(save_episode(out_dir, ep, name=episode_name(len(ep["reward"]) - 1, seq=i)))
-    env.close()
 
     scores = np.asarray(returns) / expert_score
     collection = {

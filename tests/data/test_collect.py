@@ -7,7 +7,7 @@ import torch
 
 from coworld import envs
 from coworld.cli import main
-from coworld.data.collect import SAC, TransitionBuffer, collect_dataset, resolve_reference_score
+from coworld.data.collect import SAC, TransitionBuffer, collect_dataset, resolve_reference_score, working_dir
 from coworld.data.episodes import list_episode_files, load_episode, read_sidecar
 from coworld.data.replay import Replay
 from coworld.data.validate import validate_directory
@@ -135,11 +135,15 @@ def test_collect_resumes_after_a_crash_mid_episode(tmp_path, monkeypatch):
     monkeypatch.setattr(collect_mod, "evaluate", crash)
     with pytest.raises(KeyboardInterrupt):
         collect_dataset("builtin:reach", "medium-replay", tmp_path / "twice", **kwargs)
-    assert len(list_episode_files(tmp_path / "twice")) == 5  # 100 steps written, checkpoint at 50
+    # the unfinished collection lives beside --out; nothing at --out looks like a dataset meanwhile
+    assert not (tmp_path / "twice").exists()
+    assert "not a directory" in validate_directory(tmp_path / "twice")[0].message
+    assert len(list_episode_files(working_dir(tmp_path / "twice"))) == 5  # 100 steps written, checkpoint at 50
     monkeypatch.undo()
     collect_dataset("builtin:reach", "medium-replay", tmp_path / "twice", **kwargs)
     a, b = list_episode_files(tmp_path / "once"), list_episode_files(tmp_path / "twice")
     assert len(a) == len(b) == 10 and validate_directory(tmp_path / "twice") == []
+    assert not working_dir(tmp_path / "twice").exists()
     for fa, fb in zip(a, b):
         ea, eb = load_episode(fa), load_episode(fb)
         for key in ea:

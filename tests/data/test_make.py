@@ -59,5 +59,5 @@ def test_make_refuses_bad_input(tmp_path):
     with pytest.raises(UserError, match="level"):
         make_dataset(ENV, "superb", 1, tmp_path / "x")
     make_dataset(ENV, "random", 1, tmp_path / "x", time_limit=3)
-    with pytest.raises(UserError, match="already holds episodes"):
+    with pytest.raises(UserError, match="not empty"):
         make_dataset(ENV, "random", 1, tmp_path / "x", time_limit=3)
