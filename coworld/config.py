@@ -126,12 +126,14 @@ class CoWorldConfig:
     eta_schedule: str = "linear"  # "linear" (paper: decay) or "frozen" (released code)
     eta_start: float = 1.0
     eta_floor: float = 0.2
-    eta_decay_steps: int = 200_000  # source agent steps over which eta decays linearly
+    #   "linear" runs from eta_start at the first reward-alignment update to eta_floor at the end of
+    #   that stage (docs/algorithms.md, "Stage B")
     eta_frozen: float = 0.975  # the released code's effective value when "frozen"
-    action_adapter: str = "pad"  # "pad": keep first min(A_S, A_T) dims, zero-pad the rest
+    action_adapter: str = "pad"  # "pad": keep first min(A_S, A_T) dims, zero-pad the rest; "strict": equal dims
     warmup_blocks: int = 3  # source-only Dreamer blocks before any target training
     block_steps: int = 10_000  # agent steps per source block
-    wm_warmup_rounds: int = 2  # rounds of [target world-model-only block, source block]
+    wm_warmup_rounds: int = 2  # rounds of [target world-model-only updates, source block]
+    wm_warmup_updates: int = 10_000  # target world-model updates per warm-up round (released: eval_every)
     outer_iters: int = 6
     target_blocks: int = 5  # target blocks per outer iteration (2 for DMC)
     source_blocks: int = 2  # source blocks per outer iteration
@@ -296,7 +298,7 @@ _CHOICES = {
     ("train", "offline_penalty_kind"): ("meandis", "std"),
     ("coworld", "eta_schedule"): ("linear", "frozen"),
     ("coworld", "align_scale"): ("released", "per_frame"),
-    ("coworld", "action_adapter"): ("pad",),
+    ("coworld", "action_adapter"): ("pad", "strict"),
 }
 
 

@@ -33,13 +33,14 @@ DOCUMENTED = {
     "coworld-official": {  # released code, SPEC 5-8
         "coworld.alpha": 1.5, "coworld.k": 0.3, "coworld.beta2": 1.0, "coworld.align_scale": "released",
         "coworld.eta_schedule": "frozen", "coworld.eta_frozen": 0.975, "coworld.block_steps": 10000,
-        "coworld.warmup_blocks": 3, "coworld.wm_warmup_rounds": 2, "coworld.outer_iters": 6,
+        "coworld.warmup_blocks": 3, "coworld.wm_warmup_rounds": 2, "coworld.wm_warmup_updates": 10000,
+        "coworld.outer_iters": 6,
         "coworld.target_blocks": 5, "coworld.source_blocks": 2, "train.prefill": 5000,
         "behaviour.gamma": 0.99, "model.latent": "gaussian",
     },
     "coworld-paper": {  # paper Table 8
         "coworld.alpha": 1.0, "coworld.eta_schedule": "linear", "coworld.eta_floor": 0.2,
-        "coworld.eta_decay_steps": 200000, "behaviour.gamma": 0.995, "model.latent": "discrete",
+        "coworld.eta_start": 1.0, "behaviour.gamma": 0.995, "model.latent": "discrete",
         "model.deter": 600,
     },
 }

@@ -1,27 +1,30 @@
-"""CoWorld co-training: two (or K + 1) DreamerV2 agents on the schedule of SPEC 8.
+"""CoWorld co-training: two (or K + 1) DreamerV2 agents on the released schedule
+(docs/algorithms.md, "Schedule").
 
 The collaborative terms themselves (stages A, B, C; Eqs. 3-6) live in
 :mod:`coworld.algos.coworld`; this module decides *when* each runs:
 
 1. prefill each source replay with random actions;
 2. source warm-up: ``warmup_blocks`` blocks of online Dreamer training per source;
-3. pick the closest source (multi-source, SPEC 9; trivial with one source);
-4. ``wm_warmup_rounds`` x [target world-model-only block with state alignment (A),
-   source block with reward alignment (B)];
+3. pick the closest source (multi-source, paper Appendix C; trivial with one source);
+4. ``wm_warmup_rounds`` x [``wm_warmup_updates`` target world-model-only updates with state
+   alignment (A), one source block with reward alignment (B)];
 5. ``outer_iters`` x [re-select the source, ``target_blocks`` blocks of full target
    updates (A on the world model, C on the critic), each preceded by an evaluation
-   of the target policy, then ``source_blocks`` source blocks with B]; a final evaluation.
+   of the target policy, then ``source_blocks`` source blocks with B]; the last iteration
+   has no source blocks (they could not change the target); a final evaluation.
 
 Units. A source block is ``block_steps`` source agent steps (one update per
 ``train_every`` steps); a target block is the same number of *updates* as a source
 block (``block_steps // train_every``), driven by an update counter: the target
 simulator, if any, is used only for evaluation. ``--steps N`` is the total number
-of source agent steps; every count of the preset's schedule (blocks, prefill, eta's
-decay) is scaled by N / (the preset's full source steps), so a small N still runs
-every stage.
+of source agent steps; every count of the preset's schedule (blocks, prefill, world-model
+warm-up) is scaled by N / (the preset's full source steps), so a small N still runs
+every stage. Every stage keeps at least one update: the prefill holds at least one
+episode plus one batch window, so the source warm-up trains from its first step.
 
-DV2 Finetune (SPEC 10) reuses the same pieces: pretrain one agent online in the
-source, then finetune all of it on the offline target data.
+DV2 Finetune (paper Section 4, baselines) reuses the same pieces: pretrain one agent online
+in the source, then finetune all of it on the offline target data.
 """
 
 from __future__ import annotations
@@ -63,41 +66,49 @@ class Phase:
 
 
 def full_source_steps(cfg: Config, num_sources: int) -> int:
+    """Source agent steps of the preset's unscaled schedule."""
     c = cfg.coworld
     per_source = cfg.train.prefill + c.warmup_blocks * c.block_steps
-    return num_sources * per_source + (c.wm_warmup_rounds + c.outer_iters * c.source_blocks) * c.block_steps
+    blocks = c.wm_warmup_rounds + max(c.outer_iters - 1, 0) * c.source_blocks
+    return num_sources * per_source + blocks * c.block_steps
 
 
-def build_schedule(cfg: Config, steps: int, num_sources: int) -> list[Phase]:
-    """The phases of a CoWorld run with ``steps`` source agent steps in total (see module doc)."""
+def build_schedule(cfg: Config, steps: int, num_sources: int, min_prefill: int = 1) -> list[Phase]:
+    """The phases of a CoWorld run with ``steps`` source agent steps in total (see module doc).
+    ``min_prefill``: the fewest prefill steps per source (one episode plus one batch window)."""
     c, t = cfg.coworld, cfg.train
     scale = steps / full_source_steps(cfg, num_sources)
-    block = max(t.train_every, round(c.block_steps * scale))
-    updates = max(1, block // t.train_every)
-    prefill = max(1, round(t.prefill * scale))
     te = t.train_every
+    block = max(te, round(c.block_steps * scale))
+    updates = max(1, block // te)
+    wm_updates = max(1, round(c.wm_warmup_updates * scale))
+    prefill = max(min_prefill, round(t.prefill * scale))
     phases = []
     for i in range(num_sources):
         phases.append(Phase("prefill", prefill, source=i))
         phases += [Phase("source", block, source=i) for _ in range(c.warmup_blocks)]
     for r in range(c.wm_warmup_rounds):
-        phases.append(Phase("target_wm", updates, select=(r == 0), cost=te))
+        phases.append(Phase("target_wm", wm_updates, select=(r == 0), cost=te))
         phases.append(Phase("source", block, align=True))
-    for _ in range(c.outer_iters):
+    for it in range(c.outer_iters):
         for b in range(c.target_blocks):
             phases.append(Phase("target", updates, select=(b == 0), evaluate=True, cost=te))
-        phases += [Phase("source", block, align=True) for _ in range(c.source_blocks)]
+        if it < c.outer_iters - 1:
+            phases += [Phase("source", block, align=True) for _ in range(c.source_blocks)]
     return phases
 
 
-def finetune_schedule(cfg: Config, steps: int) -> list[Phase]:
+def finetune_schedule(cfg: Config, steps: int, min_prefill: int = 1) -> list[Phase]:
     """DV2 Finetune with CoWorld's budget: the same source steps, then the same number of
     target updates (in blocks of the same size, each preceded by an evaluation)."""
-    coworld = build_schedule(cfg, steps, 1)
+    coworld = build_schedule(cfg, steps, 1, min_prefill)
     prefill = coworld[0].length
     source_steps = sum(p.length for p in coworld if p.kind in ("prefill", "source"))
+    # CoWorld's world-model warm-up updates become full finetuning updates: the same target updates in all
+    warmup = sum(p.length for p in coworld if p.kind == "target_wm")
     target = [p for p in coworld if p.kind == "target"]
-    return [Phase("prefill", prefill, source=0), Phase("source", source_steps - prefill, source=0)] + [
+    head = [Phase("target", warmup, evaluate=True, cost=target[0].cost)] if warmup and target else []
+    return [Phase("prefill", prefill, source=0), Phase("source", source_steps - prefill, source=0)] + head + [
         Phase("target", p.length, evaluate=True, cost=p.cost) for p in target
     ]
 
@@ -144,7 +155,8 @@ class SourceWorker:
         self.replay = Replay(run_dir / f"replay-source{index}", seed=cfg.seed + 101 * (index + 1), readonly=False)
         self.collector = Collector(self.env, self.replay, seed=cfg.seed + 1000 * (index + 1),
                                    action_dim=self.action_dim)
-        self.adapter = ActionAdapter(self.action_dim, target_dim)
+        self.adapter = ActionAdapter(self.action_dim, target_dim, cfg.coworld.action_adapter)
+        self.episode_steps = cfg.env.time_limit or envs.spec(env_id).time_limit
 
     def components(self, i: int) -> dict:
         return {f"source{i}_agent": self.agent, f"source{i}_replay": self.replay,
@@ -173,19 +185,24 @@ class CoWorldTrainer:
                                          agent_dim=self.joint_dim)]
             self.target = self.sources[0].agent
             self.policy = ActionSlice(self.target, self.target_dim)
-            self.schedule = finetune_schedule(cfg, session.total)
+            self.schedule = finetune_schedule(cfg, session.total, self.min_prefill())
         else:
             self.target = self.policy = DreamerAgent(cfg, self.target_dim, device=device)
             self.sources = [SourceWorker(i, sid, cfg, session.dir, device, self.target_dim)
                             for i, sid in enumerate(source_ids)]
-            self.schedule = build_schedule(cfg, session.total, len(self.sources))
-        # eta's decay (SPEC 7) is a count of the schedule too: it scales with it.
-        self.scale = session.total / full_source_steps(cfg, len(self.sources))
+            self.schedule = build_schedule(cfg, session.total, len(self.sources), self.min_prefill())
+        # eta's linear decay runs over the source steps of the reward-alignment stage
+        self.align_steps = sum(p.length for p in self.schedule if p.kind == "source" and p.align)
         self.eval_env = make_env(cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
         self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0, "evals": 0,
-                         "pretrained": [False] * len(self.sources)}
+                         "pretrained": [False] * len(self.sources), "aligned": 0,
+                         "phase_updates": [0] * len(self.schedule)}
+
+    def min_prefill(self) -> int:
+        """One episode of the longest source plus one batch window, so warm-up trains at once."""
+        return max(s.episode_steps for s in self.sources) + self.cfg.train.length
 
     def components(self) -> dict:
         comps = {"target_replay": self.target_replay}
@@ -224,13 +241,15 @@ class CoWorldTrainer:
         metrics = {}
         for _ in range(n):
             metrics = self.source_update(src, phase.align)
+        if phase.align:
+            self.counters["aligned"] += 1
         return metrics
 
     def source_update(self, src: SourceWorker, align: bool) -> dict:
         t = self.cfg.train
         hook = None
         if align:
-            eta = eta_at(round(src.collector.steps / self.scale), self.cfg)
+            eta = eta_at(self.counters["aligned"] / max(self.align_steps - 1, 1), self.cfg)
             hook = reward_alignment_hook(src.agent, self.sample_target(), eta, self.cfg, src.adapter)
         batch = src.replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling)
         if self.finetune:
@@ -271,7 +290,7 @@ class CoWorldTrainer:
         logger = session.start(c["units"])
         if not session.resuming:  # from now on a killed run always has a checkpoint to resume from
             session.save(comps, c)
-        (session.dir / "schedule.json").write_text(json.dumps([asdict(p) for p in self.schedule], indent=1))
+        self.write_schedule()
         do_log, do_ckpt = Periodic(self.cfg.train.log_every), Periodic(self.cfg.train.checkpoint_every)
         metrics: dict = {}
         while c["phase"] < len(self.schedule) and not session.stopping:
@@ -284,24 +303,35 @@ class CoWorldTrainer:
                     self.evaluate_target()
             if phase.kind in ("prefill", "source"):
                 i = phase.source if phase.source >= 0 else c["selected"]
-                metrics = self.source_step(i, phase) or metrics
+                updates_before = self.sources[i].agent.updates
+                step_metrics = self.source_step(i, phase)
+                c["phase_updates"][c["phase"]] += self.sources[i].agent.updates - updates_before
                 tag = f"source{i}/"
             else:
-                metrics = self.target_update(wm_only=phase.kind == "target_wm")
+                step_metrics = self.target_update(wm_only=phase.kind == "target_wm")
+                c["phase_updates"][c["phase"]] += 1
                 tag = "target/"
+            metrics = step_metrics or metrics
             c["done"] += 1
             c["units"] += phase.cost
             if c["done"] == phase.length:
                 c["phase"], c["done"] = c["phase"] + 1, 0
             after = c["units"]
-            if do_log(before, after) and metrics:
-                logger.scalars(after, {**metrics, "phase": c["phase"]}, prefix=tag)
+            # training metrics are logged only by a step that made an update, under that update's agent
+            if do_log(before, after) and step_metrics:
+                logger.scalars(after, {**step_metrics, "phase": c["phase"]}, prefix=tag)
             logger.progress(after)
             if do_ckpt(before, after):
                 session.save(comps, c, metrics)
         if not session.stopping:
             self.evaluate_target()
+        self.write_schedule()
         return finish(session, comps, c)
+
+    def write_schedule(self) -> None:
+        """schedule.json: the phases, with the gradient updates each has made so far."""
+        rows = [{**asdict(p), "updates": n} for p, n in zip(self.schedule, self.counters["phase_updates"])]
+        (self.session.dir / "schedule.json").write_text(json.dumps(rows, indent=1))
 
 
 # -- command-line entry points (`coworld train --algo coworld|dv2-finetune`, `coworld eval`) ---------

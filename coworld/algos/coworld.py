@@ -103,11 +103,12 @@ def relabel_reward(pred_source_reward: torch.Tensor, true_target_reward: torch.T
     return (1 - k) * pred_source_reward.detach() + k * true_target_reward
 
 
-def eta_at(source_step: int, cfg: Config) -> float:
-    """Eta of Eq. 5, the weight of the source's own reward NLL at a given source agent step.
+def eta_at(progress: float, cfg: Config) -> float:
+    """Eta of Eq. 5, the weight of the source's own reward NLL, at ``progress`` in [0, 1] through
+    the reward-alignment stage (0 at its first update, 1 at its end).
 
-    "linear" (the paper: eta "gradually decreases"): from eta_start down to eta_floor,
-    linearly over eta_decay_steps source agent steps, then held at the floor.
+    "linear" (the paper: eta "gradually decreases ... throughout this training stage"): from
+    eta_start at the first reward-alignment update down to eta_floor at the end of the stage.
     "frozen": the constant eta_frozen (the released code never advances its counter).
     """
     c = cfg.coworld
@@ -115,7 +116,7 @@ def eta_at(source_step: int, cfg: Config) -> float:
         return c.eta_frozen
     if c.eta_schedule != "linear":
         raise UserError(f"coworld.eta_schedule must be 'linear' or 'frozen'; got {c.eta_schedule!r}")
-    frac = min(max(source_step, 0) / max(c.eta_decay_steps, 1), 1.0)
+    frac = min(max(progress, 0.0), 1.0)
     return c.eta_start + frac * (c.eta_floor - c.eta_start)
 
 
@@ -232,12 +233,21 @@ def value_constraint_hook(source_agent, cfg: Config):
 
 
 class ActionAdapter:
-    """Maps target actions (..., A_T) into the source action space (..., A_S).
+    """Maps target actions (..., A_T) into the source action space (..., A_S), for the source
+    model reading target sequences (stage B) (``coworld.action_adapter``):
 
-    "pad" (the only mode): keep the first min(A_S, A_T) dimensions, zero-pad the rest.
+    "pad": keep the first min(A_S, A_T) dimensions, zero-pad the rest;
+    "strict": the two spaces must have the same dimension (refused otherwise, before training).
     """
 
-    def __init__(self, source_dim: int, target_dim: int):
+    def __init__(self, source_dim: int, target_dim: int, kind: str = "pad"):
+        if kind not in ("pad", "strict"):
+            raise UserError(f"coworld.action_adapter must be 'pad' or 'strict'; got {kind!r}")
+        if kind == "strict" and source_dim != target_dim:
+            raise UserError(
+                f"coworld.action_adapter is 'strict' but the source has {source_dim}-D actions and the target "
+                f"{target_dim}-D; use --set coworld.action_adapter=pad to map them (first dims kept, rest zero)"
+            )
         self.source_dim = source_dim
         self.target_dim = target_dim
 

@@ -37,7 +37,7 @@ DEFAULTS = {
 }
 COMMON = ["train.threads=1", "train.log_every=200", "train.checkpoint_every=500"]
 COWORLD = ["coworld.outer_iters=2", "coworld.target_blocks=3", "coworld.source_blocks=1",
-           "coworld.warmup_blocks=2", "coworld.wm_warmup_rounds=1"]
+           "coworld.warmup_blocks=2", "coworld.wm_warmup_rounds=1", "coworld.wm_warmup_updates=2000"]
 OFFLINE_DV2 = ["model.ensemble=5", "train.offline_penalty=1.0"]
 
 

@@ -12,28 +12,44 @@ from coworld.data.make import make_dataset
 from tests.run.test_resume import SMALL, assert_same_state, run, run_and_kill
 
 CO_SMALL = ["coworld.block_steps=20", "coworld.warmup_blocks=1", "coworld.wm_warmup_rounds=1",
-            "coworld.outer_iters=1", "coworld.target_blocks=2", "coworld.source_blocks=1", "train.prefill=20"]
+            "coworld.outer_iters=1", "coworld.target_blocks=2", "coworld.source_blocks=1", "train.prefill=20",
+            "coworld.wm_warmup_updates=5"]
 
 
 def test_schedule_follows_spec_8_counts():
     cfg = load_config("tiny")
     c = cfg.coworld
     full = full_source_steps(cfg, 1)
-    assert full == cfg.train.prefill + (c.warmup_blocks + c.wm_warmup_rounds + c.outer_iters * c.source_blocks) \
-        * c.block_steps
+    # the last outer iteration has no source blocks (the released code skips them)
+    assert full == cfg.train.prefill + (c.warmup_blocks + c.wm_warmup_rounds
+                                        + (c.outer_iters - 1) * c.source_blocks) * c.block_steps
     phases = build_schedule(cfg, full, 1)
     kinds = [p.kind for p in phases]
     assert kinds[0] == "prefill" and kinds[1:1 + c.warmup_blocks] == ["source"] * c.warmup_blocks
     assert kinds.count("target_wm") == c.wm_warmup_rounds
     assert kinds.count("target") == c.outer_iters * c.target_blocks
+    assert kinds[-c.target_blocks:] == ["target"] * c.target_blocks
     assert sum(p.length for p in phases if p.kind in ("prefill", "source")) == full
+    # a world-model warm-up round is wm_warmup_updates updates (the released eval_every: 10,000)
+    assert [p.length for p in phases if p.kind == "target_wm"] == [c.wm_warmup_updates] * c.wm_warmup_rounds
     # a target block holds as many updates as a source block makes, and costs as much progress
     target = [p for p in phases if p.kind == "target"]
     assert all(p.length == c.block_steps // cfg.train.train_every for p in target)
     assert all(p.evaluate for p in target) and sum(p.select for p in target) == c.outer_iters
     # source blocks align rewards (stage B) exactly when they come after the source warm-up
     assert [p.align for p in phases if p.kind == "source"] == \
-        [False] * c.warmup_blocks + [True] * (c.wm_warmup_rounds + c.outer_iters * c.source_blocks)
+        [False] * c.warmup_blocks + [True] * (c.wm_warmup_rounds + (c.outer_iters - 1) * c.source_blocks)
+
+
+def test_coworld_official_saves_the_source_blocks_after_the_last_target_block():
+    cfg = load_config("coworld-official")
+    assert full_source_steps(cfg, 1) == 5000 + (3 + 2 + 5 * 2) * 10000  # 155,000 (175,000 with them)
+
+
+def test_small_steps_keep_a_prefill_of_one_episode_and_a_window():
+    cfg = load_config("tiny")
+    phases = build_schedule(cfg, 300, 2, min_prefill=100 + cfg.train.length)
+    assert [p.length for p in phases if p.kind == "prefill"] == [116, 116]
 
 
 def test_small_steps_scale_every_stage_down():
@@ -51,7 +67,7 @@ def test_finetune_has_coworld_budget():
     cfg = load_config("tiny")
     co, ft = build_schedule(cfg, 5000, 1), finetune_schedule(cfg, 5000)
     src = lambda s: sum(p.length for p in s if p.kind in ("prefill", "source"))  # noqa: E731
-    tgt = lambda s: sum(p.length for p in s if p.kind == "target")  # noqa: E731
+    tgt = lambda s: sum(p.length for p in s if p.kind in ("target", "target_wm"))  # noqa: E731
     assert src(co) == src(ft) and tgt(co) == tgt(ft)
 
 
@@ -119,3 +135,36 @@ def test_coworld_needs_source_and_dataset(tmp_path, capsys):
     assert main(["train", "--algo", "coworld", "--source", "builtin:nope", "--steps", "10",
                  "--logdir", str(tmp_path / "y"), "--target-dataset", str(tmp_path)]) == 2
     assert "builtin:nope" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_small_run_makes_updates_in_every_stage_and_logs_them_under_their_agent(tmp_path, target_data):
+    """--steps far below the preset's schedule: every phase after the prefill makes at least one update
+    (the prefill holds a finished episode, so the source warm-up trains at once), eta decays over the
+    reward-alignment stage to its floor, and every training-metric line carries the metrics of the agent
+    it is logged under (no target metrics under source0/ after a target phase)."""
+    logdir = tmp_path / "small"
+    sets = SMALL + CO_SMALL + ["train.log_every=1", "train.eval_every=1000", "coworld.eta_schedule=linear"]
+    code = main(["train", *coworld_args(target_data), "--source", "builtin:push-src", "--steps", "150",
+                 "--logdir", str(logdir), "--no-progress", *sum((["--set", s] for s in sets), [])])
+    assert code == 0
+    schedule = json.loads((logdir / "schedule.json").read_text())
+    assert [p["kind"] for p in schedule][:2] == ["prefill", "source"]
+    assert all(p["updates"] == 0 for p in schedule if p["kind"] == "prefill")
+    assert all(p["updates"] >= 1 for p in schedule if p["kind"] != "prefill"), schedule
+    assert all(p["length"] >= 15 + 6 for p in schedule if p["kind"] == "prefill")  # one episode + one window
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    for r in lines:
+        for key in r:
+            if key.startswith("source"):
+                assert not key.endswith(("align_loss", "value_constraint", "capped_frac")), (key, r)
+            if key.startswith("target/"):
+                assert not key.endswith(("eta", "reward_nll_target")), (key, r)
+    # no training metrics from a step without an update: the prefill logs none
+    prefill_units = schedule[0]["length"]
+    assert not any(k.startswith("source0/model/") for r in lines if r["step"] <= prefill_units for k in r)
+    etas = [v for r in lines for k, v in r.items() if k.endswith("/coworld/eta")]
+    # one update every 4 steps: the first falls within 4 steps of the stage's start, the last within 4 of its end
+    align = sum(p["length"] for p in schedule if p["kind"] == "source" and p["align"])
+    assert etas == sorted(etas, reverse=True) and len(etas) >= 2
+    assert etas[0] >= 1 - 0.8 * 4 / (align - 1) and etas[-1] <= 0.2 + 0.8 * 4 / (align - 1)

@@ -141,16 +141,26 @@ def test_relabel_reward_mixes_with_k():
 
 
 def test_eta_schedule():
+    """Linear: 1 at the first reward-alignment update, the floor at the end of that stage."""
     cfg = Config()
-    cfg.coworld.eta_start, cfg.coworld.eta_floor, cfg.coworld.eta_decay_steps = 1.0, 0.2, 1000
-    assert eta_at(0, cfg) == pytest.approx(1.0)
-    assert eta_at(250, cfg) == pytest.approx(0.8)
-    assert eta_at(500, cfg) == pytest.approx(0.6)
-    assert eta_at(1000, cfg) == pytest.approx(0.2)
-    assert eta_at(5000, cfg) == pytest.approx(0.2)  # held at the floor
+    cfg.coworld.eta_start, cfg.coworld.eta_floor = 1.0, 0.2
+    assert eta_at(0.0, cfg) == pytest.approx(1.0)
+    assert eta_at(0.25, cfg) == pytest.approx(0.8)
+    assert eta_at(0.5, cfg) == pytest.approx(0.6)
+    assert eta_at(1.0, cfg) == pytest.approx(0.2)
+    assert eta_at(3.0, cfg) == pytest.approx(0.2)  # held at the floor
     cfg.coworld.eta_schedule = "frozen"
     cfg.coworld.eta_frozen = 0.975
-    assert eta_at(0, cfg) == eta_at(10**6, cfg) == 0.975
+    assert eta_at(0, cfg) == eta_at(1.0, cfg) == 0.975
+
+
+def test_action_adapter_kinds():
+    a = torch.tensor([[0.5, -0.5]])
+    assert torch.equal(ActionAdapter(3, 2, "pad")(a), torch.tensor([[0.5, -0.5, 0.0]]))
+    assert torch.equal(ActionAdapter(1, 2, "pad")(a), torch.tensor([[0.5]]))
+    assert torch.equal(ActionAdapter(2, 2, "strict")(a), a)
+    with pytest.raises(UserError, match="strict"):
+        ActionAdapter(3, 2, "strict")
 
 
 def test_reward_nll_hand_value():
