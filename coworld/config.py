@@ -92,6 +92,8 @@ class TrainConfig:
     expl_noise: float = 0.0  # extra Gaussian exploration noise on collected actions
     eval_every: int = 10000  # agent steps (online) or updates (offline) between evaluations
     eval_episodes: int = 10  # episodes per evaluation (actor's mean action)
+    value_steps: int = 50  # Fig. 5b: first N states of each evaluation episode whose critic values are
+    #   compared with the discounted rewards actually obtained from them (docs/algorithms.md)
     log_every: int = 1000  # agent steps (online) or updates (offline) between scalar logs
     checkpoint_every: int = 2000  # agent steps (online) or updates (offline) between checkpoints
     video_every: int = 5  # write a GIF of the first episode of every N-th evaluation (0 = never)

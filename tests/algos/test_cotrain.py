@@ -168,3 +168,17 @@ def test_small_run_makes_updates_in_every_stage_and_logs_them_under_their_agent(
     align = sum(p["length"] for p in schedule if p["kind"] == "source" and p["align"])
     assert etas == sorted(etas, reverse=True) and len(etas) >= 2
     assert etas[0] >= 1 - 0.8 * 4 / (align - 1) and etas[-1] <= 0.2 + 0.8 * 4 / (align - 1)
+
+
+@pytest.mark.slow
+def test_coworld_without_target_env_reports_offline_diagnostics(tmp_path, target_data):
+    logdir = tmp_path / "noenv"
+    args = ["train", "--algo", "coworld", "--source", "builtin:reach-src", "--target-dataset", str(target_data),
+            "--steps", "60", "--logdir", str(logdir), "--no-progress", *small_sets()]
+    assert main(args) == 0
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert not any("target_eval/return" in r for r in lines)
+    diag = [r for r in lines if "target_offline/reward_mse" in r]
+    # one before each target block (2) and one at the end
+    assert len(diag) == 3 and all("target_offline/value" in r for r in diag)
+    assert len(list((logdir / "images").glob("target_openloop*"))) == 3

@@ -114,3 +114,27 @@ def test_update_trains_every_head():
 def test_needs_an_ensemble():
     with pytest.raises(UserError, match="ensemble"):
         OfflineDV2Agent(load_config("tiny", SMALL + ["model.ensemble=0"]), 2)
+
+
+def test_cli_offline_dv2_with_a_size_preset_and_no_env_reports_offline_diagnostics(tmp_path):
+    """`--algo offline-dv2 --preset tiny` needs no --set for its ensemble and penalty; with no --env
+    the evaluations still write open-loop strips and the offline diagnostics."""
+    import json
+
+    from coworld.cli import main
+    from coworld.data.make import make_dataset
+    from tests.run.test_resume import SMALL
+
+    data = tmp_path / "data"
+    make_dataset("builtin:reach", "random", 3, data, seed=0, time_limit=15)
+    logdir = tmp_path / "run"
+    sets = sum((["--set", s] for s in SMALL + ["train.eval_every=4"]), [])
+    assert main(["train", "--algo", "offline-dv2", "--dataset", str(data), "--preset", "tiny", "--steps", "8",
+                 "--logdir", str(logdir), "--no-progress", *sets]) == 0
+    cfg = json.loads((logdir / "config.json").read_text())
+    assert cfg["model"]["ensemble"] == 7 and cfg["train"]["offline_penalty"] == 10.0
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    diag = [r for r in lines if "offline/reward_mse" in r]
+    assert [r["step"] for r in diag] == [4, 8]
+    assert all({"offline/reward_corr", "offline/value", "offline/data_return"} <= r.keys() for r in diag)
+    assert list((logdir / "images").glob("openloop*"))

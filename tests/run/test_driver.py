@@ -26,3 +26,29 @@ def test_periodic_fires_once_per_multiple_crossed():
     every3 = Periodic(3)
     assert [every3(s, s + 1) for s in range(7)] == [False, False, True, False, False, True, False]
     assert every3(2, 7) and not every3(3, 5) and not Periodic(0)(0, 100)
+
+
+def test_value_overestimation_reads_zero_for_the_true_discounted_value():
+    """Paper Fig. 5b. Constant reward 1 forever (an episode cut at T = 100 by its time limit), gamma 0.9:
+    the true discounted value is 1 / (1 - 0.9) = 10 in every state. A critic that predicts it reads 0;
+    the return-to-go truncated at the episode end would have read it as an overestimation."""
+    from coworld.run.driver import discounted_to_go, value_overestimation
+
+    values, rewards = np.full(100, 10.0), np.ones(100)
+    estimate, truth = value_overestimation(values, rewards, 0.9, steps=50, bootstrap=10.0)
+    assert estimate == 10.0 and abs(truth - 10.0) < 1e-9
+    truncated = discounted_to_go(rewards, 0.9)[:50].mean()  # without the time-limit bootstrap
+    assert 10.0 - truncated > 1e-4
+    # an over-estimating critic (+3 everywhere, bootstrap included) reads +3 (1 - 0.9^(100 - t)) per state
+    est, tru = value_overestimation(values + 3, rewards, 0.9, steps=2, bootstrap=13.0)
+    assert abs(est - tru - np.mean([3 * (1 - 0.9 ** (100 - t)) for t in range(2)])) < 1e-9
+
+
+def test_value_overestimation_hand_example_terminated_episode():
+    from coworld.run.driver import value_overestimation
+
+    # rewards 1, 0, 2 then termination, gamma 0.5: G = 1.5, 1, 2; first N = 2 states
+    est, tru = value_overestimation([3.0, 1.0, 0.0], [1.0, 0.0, 2.0], 0.5, steps=2)
+    assert (est, tru) == (2.0, 1.25)
+    # N larger than the episode: every state
+    assert value_overestimation([3.0, 1.0, 0.0], [1.0, 0.0, 2.0], 0.5, steps=10) == (4 / 3, 1.5)
