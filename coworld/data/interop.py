@@ -51,7 +51,7 @@ FIRST, MID, LAST = 0, 1, 2  # dm_env step types used by V-D4RL's HDF5 shards
 MAX_EPISODE_STEPS = 10_000  # longest episode an HDF5 import accepts by default (--max-episode-steps)
 MAX_SHARD_STEPS = 5_000_000  # a shard declaring more steps is refused as damaged
 MAX_IMAGE_SIDE = 1024  # widest observation image accepted
-CHUNK_BYTES = 64 << 20  # source frames read (as float32) per chunk when converting images
+CHUNK_BYTES = 16 << 20  # source frames read (as float32) per chunk when converting images
 STEP_TYPE_CHUNK = 1 << 20  # step_type entries read per chunk
 FLOAT_TOLERANCE = 1e-3  # float images may exceed 1 (or 255) by this much (rounding in the source)
 
@@ -83,7 +83,7 @@ class _Writer:
         if problems:
             raise DatasetError("; ".join(str(p) for p in problems[:3]))
         if self.first is None:
-            self.first = {k: v[:1] for k, v in ep.items()}
+            self.first = {k: v[:1].copy() for k, v in ep.items()}  # not a view: frees the episode
         T = len(ep["reward"]) - 1
         self.paths.append(save_episode(self.out, ep, name=episode_name(T, seq=len(self.paths))))
 
@@ -366,8 +366,13 @@ def _read_images(f, shard: _Shard, a: int, b: int, factor: float, resize: int | 
         x = f["observation"][s:e]
         if shard.channels_first:
             x = x.transpose(0, 2, 3, 1)
-        if x.dtype != np.uint8:
-            x = np.clip(np.rint(x.astype(np.float32) * factor), 0, 255).astype(np.uint8)
+        if x.dtype != np.uint8:  # in place on one float32 copy of the chunk
+            x = np.array(x, np.float32)
+            if factor != 1:
+                np.multiply(x, np.float32(factor), out=x)
+            np.rint(x, out=x)
+            np.clip(x, 0, 255, out=x)
+            x = x.astype(np.uint8)
         if resize and x.shape[1] != resize:
             x = area_resize(x, resize)
         out[s - a:e - a] = x
