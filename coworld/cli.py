@@ -4,12 +4,13 @@ Each layer of the library owns its subcommands and adds them here through a
 ``register(subparsers)`` function; the handler it sets (``func``) receives the
 parsed arguments and returns an exit code. Errors the user can fix are raised
 as :class:`coworld.errors.UserError` and printed as one line, without a
-traceback, with exit code 2.
+traceback, with exit code 2; so is running out of disk space.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -50,6 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("coworld: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Files written outside the atomic writers (logs, images): still one line, not a traceback.
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"coworld: error: no space left on device{where}; the last checkpoint is intact; "
+              "free space and re-run the same command to resume", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

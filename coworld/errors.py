@@ -19,3 +19,11 @@ class MissingDependency(UserError):
         )
         self.package = package
         self.extra = extra
+
+
+class TrainingDiverged(UserError):
+    """A loss, a parameter or the policy's output became NaN/inf; the run stopped before saving it."""
+
+
+class DiskFull(UserError):
+    """Writing a run file failed for lack of space; the temporary file was removed."""

@@ -52,6 +52,7 @@ from coworld.errors import UserError
 from coworld.run.driver import Collector
 from coworld.run.session import Session
 from coworld.run.train import Periodic, finish, log_openloop, make_env, run_evaluation, updates_due
+from coworld.run.train import check_dataset
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ class CoWorldTrainer:
         cfg = self.cfg = session.cfg
         device = session.device
         self.target_replay = Replay(target_dataset, seed=cfg.seed + 17)
+        check_dataset(self.target_replay, cfg, target_env)  # before the source prefill
         self.target_dim = self.target_replay.action_dim
         if target_env and envs.spec(target_env).action_dim != self.target_dim:
             raise UserError(

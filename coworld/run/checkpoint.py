@@ -3,6 +3,8 @@
 A checkpoint is a nested dict of tensors, numbers, strings, lists and dicts,
 written with ``torch.save`` to a temporary file and moved into place with
 ``os.replace``: a crash mid-write leaves the previous good checkpoint intact.
+A failed write (a full disk above all) removes its temporary file; running out
+of space raises :class:`~coworld.errors.DiskFull` with a one-line message.
 Loading always uses ``torch.load(weights_only=True)`` (no pickle of arbitrary
 objects), so checkpoints from others are safe to open.
 
@@ -12,27 +14,98 @@ The random-number state of torch, NumPy's global generator and Python's
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from coworld.errors import UserError
+from coworld.errors import DiskFull, UserError
 
 CHECKPOINT = "checkpoint.pt"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+_open = open  # the file opener of atomic_write; tests swap it for one that runs out of space
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
+def atomic_write(path: str | Path, write, *, note: str = "") -> Path:
+    """Write ``path`` through ``path.tmp`` + ``os.replace`` with ``write(binary_file)``.
+
+    On any failure the temporary file is removed and ``path`` is left as it was. When the
+    cause is a full disk (or quota), DiskFull is raised instead, its message ending with
+    ``note`` (what is still intact, what to do).
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with _open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        full = out_of_space(exc, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFull(disk_full_message(path, note)) from None
+        raise
     return path
+
+
+def write_text_atomic(path: str | Path, text: str, *, note: str = "") -> Path:
+    """A text file that is either the old or the new content, never empty or half written."""
+    return atomic_write(path, lambda f: f.write(text.encode()), note=note)
+
+
+def out_of_space(exc: BaseException, directory: Path) -> bool:
+    """Whether ``exc`` comes from a full disk.
+
+    torch's zip writer turns the OSError of a failed write into a RuntimeError ("unexpected
+    pos"), keeping the OSError only as its context, so the whole chain is searched.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def mount_of(path: Path) -> tuple[str, str]:
+    """(device, mount point) of the file system holding ``path``; device may be ''."""
+    mount = Path(os.path.abspath(path))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    device = ""
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 1 and fields[1] == str(mount):
+                    device = fields[0]
+    except OSError:
+        pass
+    return device, str(mount)
+
+
+def disk_full_message(path: Path, note: str = "") -> str:
+    device, mount = mount_of(path.parent)
+    where = f"{device} (mounted at {mount})" if device else mount
+    try:
+        free = f", {shutil.disk_usage(path.parent).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = ""
+    text = f"no space left on {where}{free} while writing {path}"
+    return f"{text}; {note}" if note else f"{text}; free space and re-run"
+
+
+def save_checkpoint(path: str | Path, state: dict, *, note: str = "") -> Path:
+    """Write ``state`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(state, f), note=note)
 
 
 def load_checkpoint(path: str | Path) -> dict:

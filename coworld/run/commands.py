@@ -34,6 +34,9 @@ def register(sub) -> None:
     p.add_argument("--logdir", required=True, help="run directory (created, or resumed)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--continue-with-changes", action="store_true",
+                   help="resume this run although --set changes optimiser settings (learning rates, eps, "
+                   "grad clip, weight decay, amp), e.g. after a divergence; recorded in RUN/history.jsonl")
     for flag, text in [("--no-state-align", "stage A"), ("--no-reward-align", "stage B"),
                        ("--no-value-constraint", "stage C"), ("--no-max", "'w/o max' variant of stage C")]:
         p.add_argument(flag, action="store_true", help=f"CoWorld ablation: without {text}")
@@ -78,26 +81,42 @@ def build_agent(algo: str, cfg, action_dim: int, device):
     return DreamerAgent(cfg, action_dim, device=device)
 
 
-def dataset_action_dim(directory) -> int:
-    from coworld.data.episodes import list_episode_files, load_episode
-
-    if not Path(directory).is_dir():
-        raise UserError(f"dataset directory {directory} does not exist")
-    files = list_episode_files(directory)
-    if not files:
-        raise UserError(f"no episode .npz files in {directory}; make one with `coworld data make`")
-    return int(load_episode(files[0])["action"].shape[-1])
-
-
 def recorded_args(args) -> dict:
     """What run.json records of a `train` command (compared on resume)."""
     keys = ("algo", "env", "dataset", "source", "target_dataset", "target_env", "preset", "overrides", "seed",
             "steps", "no_state_align", "no_reward_align", "no_value_constraint", "no_max")
-    return {k: getattr(args, k) for k in keys}
+    recorded = {k: getattr(args, k) for k in keys}
+    # Not recorded: the Session takes this flag out of the dict (it allows changes, it is not one).
+    recorded["continue_with_changes"] = bool(getattr(args, "continue_with_changes", False))
+    return recorded
 
 
 def cmd_train(args) -> int:
+    """Train; whatever happens, the envs and the run (its lock) are closed at the end."""
+    from coworld.run.session import RunFinished, active_session, close_tracked
+
+    try:
+        return _train(args)
+    except RunFinished as done:
+        print(done, flush=True)
+        return 0
+    except UserError:
+        raise
+    except Exception as exc:
+        # A crash anywhere in training (e.g. inside a CoWorld update) with NaN/inf weights is a
+        # divergence: report it as one, with the way to continue.
+        session = active_session()
+        what = session.nonfinite_parameter() if session is not None else None
+        if what is None:
+            raise
+        raise session.diverged(f"{what} became NaN/inf (training failed with {type(exc).__name__}: {exc})") from None
+    finally:
+        close_tracked()
+
+
+def _train(args) -> int:
     from coworld.run.session import Session
+    from coworld.run.train import check_dataset, check_image_size
 
     overrides = list(args.overrides) + [f"seed={args.seed}"]
     cfg = load_config(args.preset, overrides, algo=args.algo)
@@ -109,11 +128,12 @@ def cmd_train(args) -> int:
         from coworld import envs
 
         action_dim = envs.spec(args.env).action_dim
+        check_image_size(cfg)
         unit = "step"
     elif args.algo in OFFLINE:
         if not args.dataset:
             raise UserError(f"--algo {args.algo} trains from data and needs --dataset DIR")
-        action_dim = dataset_action_dim(args.dataset)
+        action_dim = check_dataset(args.dataset, cfg, args.env)  # before anything is written
         unit = "update"
     else:
         from coworld.algos.cotrain import train_from_args
@@ -145,6 +165,15 @@ def load_run(path: str | Path):
 
 
 def cmd_eval(args) -> int:
+    from coworld.run.session import close_tracked
+
+    try:
+        return _eval(args)
+    finally:
+        close_tracked()  # the env
+
+
+def _eval(args) -> int:
     from coworld.run.driver import evaluate
     from coworld.run.train import make_env, summarize
 

@@ -28,6 +28,43 @@ def _batch(obs: dict) -> dict:
     return {k: np.asarray(v)[None] for k, v in obs.items()}
 
 
+def _nonfinite_parameter(agent) -> str | None:
+    module = agent if isinstance(agent, torch.nn.Module) else getattr(agent, "agent", None)
+    if isinstance(module, torch.nn.Module):
+        for name, p in module.named_parameters():
+            if not torch.isfinite(p).all():
+                return f"parameter {name}"
+    return None
+
+
+def _looks_nonfinite(exc: Exception) -> bool:
+    """Whether an error raised inside ``act`` is what NaN/inf inputs to a distribution give."""
+    text = str(exc).lower()
+    return any(s in text for s in ("nan", "inf", "std >= 0", "invalid values"))
+
+
+def act(agent, obs: dict, state, is_first: np.ndarray, explore: bool):
+    """``agent.act`` that reports a diverged policy as TrainingDiverged.
+
+    A policy whose weights became NaN/inf (or so large that its outputs overflow) fails deep
+    in torch.distributions ("normal expects all elements of std >= 0.0") or returns NaN actions;
+    both become the run's clean divergence stop instead of a traceback or a NaN sent to the env.
+    """
+    from coworld.run.session import diverged
+
+    try:
+        action, state = agent.act(obs, state, is_first, explore=explore)
+    except (RuntimeError, ValueError) as exc:
+        what = _nonfinite_parameter(agent)
+        if what is None and not _looks_nonfinite(exc):
+            raise
+        raise diverged(f"{what} became NaN/inf" if what else f"the policy's output ({exc})") from None
+    if not np.isfinite(action).all():
+        what = _nonfinite_parameter(agent)
+        raise diverged(f"{what} became NaN/inf" if what else "the policy's action became NaN/inf")
+    return action, state
+
+
 class Collector:
     def __init__(self, env, replay, *, seed: int, action_dim: int):
         self.env = env
@@ -65,10 +102,9 @@ class Collector:
         else:
             if self.policy_state is None:
                 self.policy_state = agent.initial_policy_state(1)
-            act, self.policy_state = agent.act(
-                _batch(self.obs), self.policy_state, np.array([is_first]), explore=explore
-            )
-            action = act[0]
+            actions, self.policy_state = act(agent, _batch(self.obs), self.policy_state, np.array([is_first]),
+                                             explore=explore)
+            action = actions[0]
             if noise > 0:
                 action = action + noise * self.rng.standard_normal(self.action_dim).astype(np.float32)
         action = np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -156,7 +192,7 @@ def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False, gamma
             while not done:
                 if video and i == 0:
                     frames.append(obs["image"])
-                action, state = agent.act(_batch(obs), state, np.array([is_first]), explore=False)
+                action, state = act(agent, _batch(obs), state, np.array([is_first]), explore=False)
                 if gamma is not None:
                     values.append(float(agent.policy_value(state)[0]))
                 obs, reward, terminated, truncated, info = env.step(action[0])

@@ -49,6 +49,11 @@ class Logger:
         self._last = start
         self._rates: dict[str, tuple[float, float]] = {}
 
+    @property
+    def position(self) -> int:
+        """The step (or update, unit) last passed to :meth:`progress`: where the run stands."""
+        return self._last
+
     def jsonl_size(self) -> int:
         self._jsonl.flush()
         return self._jsonl.tell()

@@ -17,17 +17,68 @@ from coworld import envs
 from coworld.data.replay import Replay
 from coworld.eval.openloop import openloop_strip
 from coworld.eval.plots import plot_run
+from coworld.errors import UserError
 from coworld.run.driver import Collector, evaluate
-from coworld.run.session import Session
+from coworld.run.session import Session, track
+
+MODEL_IMAGE = 64  # the world model's encoder and decoder take 64x64x3 images (coworld/nets/world_model.py)
 
 
 def make_env(cfg, env_id: str, seed: int | None = None):
+    """An environment for a run; closed when the command ends (``session.close_tracked``)."""
     opts = dict(cfg.env.options)
     if cfg.env.action_repeat:
         opts["action_repeat"] = cfg.env.action_repeat
     if cfg.env.time_limit:
         opts["time_limit"] = cfg.env.time_limit
-    return envs.make(env_id, image_size=cfg.env.image_size, seed=seed, **opts)
+    return track(envs.make(env_id, image_size=cfg.env.image_size, seed=seed, **opts))
+
+
+def check_image_size(cfg) -> None:
+    if cfg.env.image_size != MODEL_IMAGE:
+        raise UserError(f"env.image_size is {cfg.env.image_size} but the world model takes "
+                        f"{MODEL_IMAGE}x{MODEL_IMAGE} images; leave env.image_size at {MODEL_IMAGE}")
+
+
+def check_dataset(data, cfg, env_id: str | None = None) -> int:
+    """Refuse, before any training step, a dataset the model or the env cannot use.
+
+    ``data`` is a dataset directory or an opened Replay. Checks the image size against the model
+    (and ``cfg.env.image_size``) and, with ``env_id``, the action dimension against that env's.
+    Returns the dataset's action dimension.
+    """
+    from coworld.data.episodes import list_episode_files, load_episode
+
+    check_image_size(cfg)
+    if isinstance(data, (str, Path)):
+        if not Path(data).is_dir():
+            raise UserError(f"dataset directory {data} does not exist")
+        files = list_episode_files(data)
+        if not files:
+            raise UserError(f"no episode .npz files in {data}; make one with `coworld data make`")
+        name, first = str(data), load_episode(files[0])
+    else:
+        name, first = str(data.directory), next(iter(data.episodes()), None)
+        if first is None:
+            raise UserError(f"dataset {name} holds no episodes")
+    shape = tuple(first["image"].shape[1:])
+    action_dim = int(first["action"].shape[-1])
+    want = (MODEL_IMAGE, MODEL_IMAGE, 3)
+    if shape != want:
+        size = "x".join(str(n) for n in shape)
+        raise UserError(
+            f"dataset {name} has {size} images but the model takes {'x'.join(map(str, want))} "
+            f"(env.image_size={cfg.env.image_size}); convert it to {MODEL_IMAGE}x{MODEL_IMAGE}, e.g. "
+            f"re-import it with `coworld data import --format vd4rl-hdf5 ... --resize {MODEL_IMAGE}`"
+        )
+    if env_id:
+        env_dim = envs.spec(env_id).action_dim
+        if env_dim != action_dim:
+            raise UserError(
+                f"dataset {name} has {action_dim}-D actions but env {env_id} has {env_dim}-D actions; "
+                "pass the env the dataset was recorded in (see `coworld envs`)"
+            )
+    return action_dim
 
 
 def summarize(values) -> dict:
@@ -132,6 +183,9 @@ def train_dreamer(session: Session, agent, env_id: str) -> int:
         for _ in range(n):
             metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
                                                  mode=cfg.train.sampling))
+            session.watch(metrics)
+        if n:
+            session.check_updates()  # the flag is read before the updated policy acts
         after = collector.steps
         if do_eval(before, after):
             run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
@@ -170,8 +224,10 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
     while agent.updates < session.total and not session.stopping:
         before = agent.updates
         metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
+        session.watch(metrics)
         after = agent.updates
         if eval_env is not None and do_eval(before, after):
+            session.check_updates()
             run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
             log_openloop(session, agent, replay, after)
         if do_log(before, after):
@@ -180,5 +236,6 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
         if do_ckpt(before, after):
             session.save(components, {}, metrics)
     if eval_env is not None and not session.stopping:
+        session.check_updates()
         run_evaluation(session, agent, eval_env, agent.updates)
     return finish(session, components, {})
