@@ -455,10 +455,12 @@ def import_vd4rl_hdf5(sources, out, *, resize: int | None = None, env: str | Non
         kept += n
         if n - 1 > max_episode_steps:
             k, a, _ = pieces[0]
+            shape = shards[k].obs_shape
+            pixels = resize * resize if resize else int(np.prod(shape)) // 3
             raise DatasetError(
                 f"{files[k]}: the episode starting at step {a} has {n - 1} steps, more than the maximum of "
                 f"{max_episode_steps}; if it is genuine, re-run with --max-episode-steps {n - 1} "
-                f"(memory needed: about {n - 1} x one image)"
+                f"(it needs about {n * pixels * 3 / 1e6:.0f} MB of memory)"
             )
     dropped = total - kept
 
@@ -677,10 +679,17 @@ def _check_minari_metadata(data_path: Path) -> None:
         if not isinstance(meta.get(key), str):
             raise DatasetError(f"{meta_path}: no {key} recorded; it is needed (the dataset's env is never built)")
         try:
+            unknown = _unknown_space_types(json.loads(meta[key]), set(deserialize_space.registry))
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise DatasetError(f"{meta_path}: {key} is not a serialized space ({exc})") from None
+        if unknown:
+            raise DatasetError(f"{meta_path}: {key} uses unknown space type(s) {', '.join(sorted(unknown))}; "
+                               f"Minari knows {', '.join(sorted(deserialize_space.registry))}")
+        try:
             deserialize_space(meta[key])
-        except Exception as exc:  # NotImplementedError for unknown types, KeyError/ValueError for bad fields
+        except Exception as exc:  # minari raises KeyError, ValueError, AssertionError... on bad fields
             raise DatasetError(f"{meta_path}: {key} cannot be read ({type(exc).__name__}: {exc}); "
-                               "unknown or malformed space") from None
+                               "malformed space") from None
     totals = {k: meta.get(k) for k in ("total_episodes", "total_steps")}
     for key, value in totals.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -706,6 +715,15 @@ def _check_minari_metadata(data_path: Path) -> None:
         if steps != totals["total_steps"]:
             raise DatasetError(f"{meta_path}: total_steps says {totals['total_steps']} but the episodes hold "
                                f"{steps} steps; the metadata is wrong or the data incomplete")
+
+
+def _unknown_space_types(space: dict, known: set) -> set:
+    """Space type names in a serialized (JSON-decoded) space that Minari cannot build."""
+    unknown = set() if space.get("type") in known else {repr(space.get("type"))}
+    subspaces = space.get("subspaces") or {}
+    for sub in subspaces.values() if isinstance(subspaces, dict) else subspaces:
+        unknown |= _unknown_space_types(sub if isinstance(sub, dict) else json.loads(sub), known)
+    return unknown
 
 
 def _is_image(space) -> bool:

@@ -358,7 +358,9 @@ def edit_metadata(minari_dir, **changes):
     ({"total_episodes": 2}, "total_episodes says 2 but main_data.hdf5 holds 3 episode group(s)"),
     ({"total_steps": 99}, "total_steps says 99 but the episodes hold 15 steps"),
     ({"data_format": "arrow"}, "data_format is 'arrow'; only Minari's 'hdf5' format can be imported"),
-    ({"observation_space": '{"type": "Graph"}'}, "observation_space cannot be read"),
+    ({"observation_space": '{"type": "Graph"}'}, "observation_space uses unknown space type(s) 'Graph'"),
+    ({"observation_space": '{"type": "Dict", "subspaces": {"a": {"type": "Nope"}}}'}, "unknown space type(s) 'Nope'"),
+    ({"action_space": '{"type": "Box"}'}, "action_space cannot be read (KeyError"),
     ({"action_space": None, "env_spec": '{"id": "x", "entry_point": "os:system"}'}, "no action_space recorded"),
     ({"total_steps": "15"}, "total_steps is '15'; expected a non-negative integer"),
 ])
