@@ -31,7 +31,10 @@ def mlp(inp: int, out: int, units: int, layers: int) -> nn.Sequential:
 
 def preprocess(image: Tensor) -> Tensor:
     """uint8 ``(…, 64, 64, 3)`` -> float ``(…, 3, 64, 64)`` in [-0.5, 0.5] (o / 255 - 0.5)."""
-    return image.permute(*range(image.dim() - 3), -1, -3, -2).float() / 255.0 - 0.5
+    x = image.permute(*range(image.dim() - 3), -1, -3, -2).float()
+    if image.dtype == torch.float32:  # .float() returned the input itself: no in-place ops on it
+        return x / 255.0 - 0.5
+    return x.div_(255.0).sub_(0.5)  # the same values as ``x / 255 - 0.5``, without two temporaries
 
 
 def gaussian_nll(mean: Tensor, target: Tensor, event_dims: int = 0) -> Tensor:
@@ -81,8 +84,15 @@ class Decoder(nn.Module):
     def forward(self, feat: Tensor) -> Tensor:
         """feat ``(…, F)`` -> mean image ``(…, 3, 64, 64)`` (preprocessed scale)."""
         lead = feat.shape[:-1]
-        x = self.fc(feat).reshape(-1, 32 * self.depth, 1, 1)
-        return self.net(x).reshape(*lead, 3, 64, 64)
+        x = self.fc(feat).reshape(-1, 32 * self.depth)
+        # The first transposed conv sees a 1x1 input: it is a matrix product (one addmm instead of
+        # the CPU's slow transposed-conv kernel; same parameters, equal up to float rounding).
+        first = self.net[0]
+        cin, cout, k, _ = first.weight.shape
+        bias = first.bias.repeat_interleave(k * k)
+        x = torch.addmm(bias, x, first.weight.reshape(cin, cout * k * k))
+        x = self.net[1:](x.reshape(-1, cout, k, k))
+        return x.reshape(*lead, 3, 64, 64)
 
 
 # ----------------------------------------------------------------------------- RSSM
@@ -101,11 +111,15 @@ class GRUCell(nn.Module):
 
     def forward(self, x: Tensor, h: Tensor) -> Tensor:
         parts = self.norm(self.linear(torch.cat([x, h.to(x.dtype)], -1)))
+        return self.gates(parts, h)
+
+    def gates(self, parts: Tensor, h: Tensor) -> Tensor:
+        """The new state from the (normalised) linear output ``parts`` (…, 3 D) and h (…, D):
+        h + u * (c - h) with c = tanh(sigmoid(r) * c~), u = sigmoid(u~ - 1) (= u c + (1 - u) h)."""
         reset, cand, update = parts.split(self.size, -1)
-        reset = torch.sigmoid(reset)
-        cand = torch.tanh(reset * cand)
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update - 1.0)
-        return update * cand + (1 - update) * h
+        return torch.lerp(h, cand.to(h.dtype), update.to(h.dtype))
 
 
 def gaussian_std(raw: Tensor, min_std: float) -> Tensor:
@@ -200,32 +214,74 @@ class RSSM(nn.Module):
 
     def reset(self, state: dict, action: Tensor, is_first: Tensor) -> tuple[dict, Tensor]:
         """Replace the state by the initial one (and the action by zero) where is_first."""
-        keep = 1.0 - is_first.float()
-        init = self.initial(action.shape[0], action.device)
+        first = is_first.reshape(-1, 1)
         out = {}
         for k, v in state.items():
-            mask = keep.reshape(-1, *[1] * (v.dim() - 1))
-            out[k] = v * mask + init[k] * (1 - mask)
-        return out, action * keep[:, None]
+            mask = first.reshape(-1, *[1] * (v.dim() - 1))
+            out[k] = torch.where(mask, 1.0 if k == "std" else 0.0, v)  # the values of initial()
+        return out, action * (~first).to(action.dtype)
 
     def deter_step(self, state: dict, action: Tensor) -> Tensor:
         x = self.img_in(torch.cat([state["stoch"], action.to(state["stoch"].dtype)], -1))
         return self.cell(x, state["deter"])
 
-    def prior(self, deter: Tensor, head: int = 0) -> dict[str, Tensor]:
-        params = self.params(self.prior_heads[head](deter))
+    def prior(self, deter: Tensor, head: int | Tensor = 0) -> dict[str, Tensor]:
+        """Prior head ``head`` at ``deter``; ``head`` may be a 0-d integer tensor (no host sync)."""
+        if isinstance(head, Tensor):
+            raw = self._select_head(deter, head)
+        else:
+            raw = self.prior_heads[head](deter)
+        params = self.params(raw)
         return {"deter": deter, "stoch": self.sample(params), **params}
 
-    def img_step(self, state: dict, action: Tensor, head: int = 0) -> dict[str, Tensor]:
+    def _select_head(self, deter: Tensor, head: Tensor) -> Tensor:
+        """``prior_heads[head](deter)`` for a 0-d index tensor: the members' weights are stacked and
+        indexed, so the value is the chosen member's (the same ops on the same numbers)."""
+        first = [h[0] for h in self.prior_heads]
+        last = [h[2] for h in self.prior_heads]
+        x = F.linear(deter, torch.stack([m.weight for m in first])[head],
+                     torch.stack([m.bias for m in first])[head])
+        x = self.prior_heads[0][1](x)
+        return F.linear(x, torch.stack([m.weight for m in last])[head], torch.stack([m.bias for m in last])[head])
+
+    def img_step(self, state: dict, action: Tensor, head: int | Tensor = 0) -> dict[str, Tensor]:
         """One prior step: (s_{t-1}, a_t) -> s_t."""
         return self.prior(self.deter_step(state, action), head)
 
+    # The posterior steps split the two input layers that read a concatenation, img_in on
+    # [z_{t-1}, a_t] and the posterior's first layer on [h_t, e_t]: W [x, y] + b = W_x x + (W_y y + b).
+    # The parts of the inputs known before the loop (actions, embeddings) are projected for the
+    # whole window at once; the loop does one addmm per layer. Equal to the concatenated layers
+    # up to float rounding (the sums are taken in another order).
+
+    def _split_linear(self, linear: nn.Linear, k: int, rest: Tensor) -> tuple[Tensor, Tensor]:
+        """(W[:, :k]^T (k, out), rest @ W[:, k:]^T + b (…, out)), in the autocast dtype if one is on."""
+        w, b = linear.weight, linear.bias
+        device = w.device.type
+        if torch.is_autocast_enabled(device):
+            dtype = torch.get_autocast_dtype(device)
+            w, b = w.to(dtype), b.to(dtype)  # cast once, not at every step of the loop
+        return w[:, :k].t(), F.linear(rest.to(w.dtype), w[:, k:], b)
+
+    def _post_step(self, stoch: Tensor, deter: Tensor, first: Tensor, w_stoch: Tensor, pre_action: Tensor,
+                   w_deter: Tensor, pre_embed: Tensor) -> dict:
+        """One posterior step from the previous (stoch, deter), reset to zero where ``first`` (N, 1);
+        ``pre_action`` / ``pre_embed`` (N, hidden): the projected action (zeroed where first) and embed."""
+        stoch = torch.where(first, 0.0, stoch)
+        deter = torch.where(first, 0.0, deter)
+        x = self.img_in[1](torch.addmm(pre_action, stoch.to(w_stoch.dtype), w_stoch))
+        deter = self.cell(x, deter)
+        hidden = self.post_head[1](torch.addmm(pre_embed, deter.to(w_deter.dtype), w_deter))
+        params = self.params(self.post_head[2](hidden))
+        return {"deter": deter, "stoch": self.sample(params), **params}
+
     def obs_step(self, state: dict, action: Tensor, embed: Tensor, is_first: Tensor) -> dict:
         """One posterior step: (s_{t-1}, a_t, e_t) -> q(z_t | h_t, e_t); resets where is_first."""
-        state, action = self.reset(state, action, is_first)
-        deter = self.deter_step(state, action)
-        params = self.params(self.post_head(torch.cat([deter, embed.to(deter.dtype)], -1)))
-        return {"deter": deter, "stoch": self.sample(params), **params}
+        first = is_first.reshape(-1, 1)
+        action = action * (~first).to(action.dtype)
+        w_stoch, pre_action = self._split_linear(self.img_in[0], self.stoch_dim, action)
+        w_deter, pre_embed = self._split_linear(self.post_head[0], self.deter_dim, embed)
+        return self._post_step(state["stoch"], state["deter"], first, w_stoch, pre_action, w_deter, pre_embed)
 
     def observe(self, embed: Tensor, action: Tensor, is_first: Tensor, state: dict | None = None):
         """Filter a batch-major window. embed (B, L, E), action (B, L, A), is_first (B, L).
@@ -236,10 +292,16 @@ class RSSM(nn.Module):
         B, L = embed.shape[:2]
         if state is None:
             state = self.initial(B, embed.device)
+        first = is_first.transpose(0, 1).unsqueeze(-1)  # (L, B, 1)
+        action = action.transpose(0, 1) * (~first).to(action.dtype)  # (L, B, A), zero where is_first
+        w_stoch, pre_action = self._split_linear(self.img_in[0], self.stoch_dim, action)
+        w_deter, pre_embed = self._split_linear(self.post_head[0], self.deter_dim, embed.transpose(0, 1))
+        stoch, deter = state["stoch"], state["deter"]
         posts = []
         for t in range(L):
-            state = self.obs_step(state, action[:, t], embed[:, t], is_first[:, t])
-            posts.append(state)
+            post = self._post_step(stoch, deter, first[t], w_stoch, pre_action[t], w_deter, pre_embed[t])
+            stoch, deter = post["stoch"], post["deter"]
+            posts.append(post)
         post = {k: torch.stack([s[k] for s in posts], 1) for k in posts[0]}
         return post, self.prior(post["deter"])
 
