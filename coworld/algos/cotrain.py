@@ -275,14 +275,15 @@ class CoWorldTrainer:
         return metrics
 
     def evaluate_target(self) -> None:
-        """Evaluate the target policy; logged against the number of target updates so far."""
-        if self.eval_env is None:
-            return
+        """Evaluate the target policy in the target env, if there is one, and log the offline
+        diagnostics on the target dataset; logged against the number of target updates so far."""
         step = self.counters["target_updates"]
         self.counters["evals"] += 1
-        run_evaluation(self.session, self.policy, self.eval_env, step, tag="target_eval", index=self.counters["evals"])
-        if not self.finetune:
-            log_openloop(self.session, self.target, self.target_replay, step, tag="target_openloop")
+        if self.eval_env is not None:
+            run_evaluation(self.session, self.policy, self.eval_env, step, tag="target_eval",
+                           index=self.counters["evals"])
+        if not self.finetune:  # (DV2 Finetune's model reads padded actions: no diagnostics on raw data)
+            log_openloop(self.session, self.target, self.target_replay, step, prefix="target_")
 
     # -- the loop --------------------------------------------------------------------------
     def run(self) -> int:
@@ -313,6 +314,8 @@ class CoWorldTrainer:
                 step_metrics = self.target_update(wm_only=phase.kind == "target_wm")
                 c["phase_updates"][c["phase"]] += 1
                 tag = "target/"
+            if step_metrics:
+                session.watch(step_metrics)  # NaN/inf stops the run cleanly (docs/reliability.md)
             metrics = step_metrics or metrics
             c["done"] += 1
             c["units"] += phase.cost

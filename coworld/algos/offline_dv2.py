@@ -65,17 +65,22 @@ class OfflineDV2Agent(DreamerAgent):
 
     def imagined_reward(self, imag: dict) -> Tensor:
         reward = self.wm.reward(imag["feat"])
-        return reward - self.cfg.train.offline_penalty * self.uncertainty(imag["state"]["deter"])
+        u = self.uncertainty(imag["state"]["deter"])
+        self._penalty = u.mean().detach()  # logged as imag/uncertainty by update()
+        return reward - self.cfg.train.offline_penalty * u
 
     def update(self, batch: dict[str, Tensor]) -> dict:
         """One update of V-D4RL's protocol: world model alone for the first
         ``offline_wm_updates`` updates, then actor-critic on a frozen model (joint when 0)."""
         pretrain = self.cfg.train.offline_wm_updates
         if pretrain <= 0:
-            return super().update(batch)
-        if self.updates < pretrain:
-            _, metrics = self.world_model_step(batch)
+            metrics = super().update(batch)
         else:
-            metrics = self.behaviour_step(self.posterior(batch))
-        self.finish_update()
+            if self.updates < pretrain:
+                _, metrics = self.world_model_step(batch)
+            else:
+                metrics = self.behaviour_step(self.posterior(batch))
+            self.finish_update()
+        if "imag/reward" in metrics:
+            metrics["imag/uncertainty"] = self._penalty
         return metrics

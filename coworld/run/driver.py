@@ -158,28 +158,47 @@ class Collector:
             self.policy_state = state["policy_state"]
 
 
-def discounted_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """G_t = r_{t+1} + gamma * G_{t+1} with G = 0 after the last reward; rewards[t] follows step t."""
+def discounted_to_go(rewards: np.ndarray, gamma: float, bootstrap: float = 0.0) -> np.ndarray:
+    """G_t = rewards[t] + gamma * G_{t+1}, with G_T = ``bootstrap`` after the last reward;
+    rewards[t] follows step t."""
     out = np.zeros(len(rewards))
-    acc = 0.0
+    acc = float(bootstrap)
     for t in range(len(rewards) - 1, -1, -1):
         acc = rewards[t] + gamma * acc
         out[t] = acc
     return out
 
 
+def value_overestimation(values, rewards, gamma: float, steps: int, bootstrap: float | None = None):
+    """The value-overestimation measure of the paper's Fig. 5b on one trajectory of the agent's own.
+
+    values[t] = v(s_t), the critic's prediction at the t-th visited state; rewards[t] the reward
+    that followed. Over the first ``steps`` states (N; all of them in a shorter episode) it
+    compares the critic's predictions with the discounted sums of the rewards actually obtained
+    from those states, G_t = sum_k gamma^k r_{t+k}. The critic estimates an infinite-horizon
+    value and a time limit is not the end of the task, so an episode cut by its time limit
+    continues G_t past its end with ``bootstrap`` = v(s_T), the critic at the final state (None
+    for an episode that terminated). A critic that predicts the true discounted value thus reads 0.
+
+    Returns (estimate, truth): the mean over the N states of v(s_t) and of G_t (the paper's
+    sums over N steps, divided by N).
+    """
+    n = max(1, min(int(steps), len(values)))
+    truth = discounted_to_go(np.asarray(rewards, np.float64), gamma, bootstrap or 0.0)
+    return float(np.mean(values[:n])), float(np.mean(truth[:n]))
+
+
 @torch.no_grad()
-def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False, gamma: float | None = None) -> dict:
-    """Run ``episodes`` episodes with the actor's mean action (SPEC 11 protocol).
+def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False, gamma: float | None = None,
+             value_steps: int = 50) -> dict:
+    """Run ``episodes`` episodes with the actor's mean action (the paper's evaluation protocol).
 
     Uses its own seed stream and a forked torch RNG, so evaluating never changes
     the course of training. Returns per-episode returns/lengths (and success where
     the env reports it) and, with ``video``, the frames of the first episode.
 
-    With ``gamma``, also the value-overestimation diagnostic of the paper's Fig. 5b:
-    the critic's value of each visited state against the discounted return actually
-    obtained from it, averaged over the first half of each episode (later states have
-    a truncated true return, which would read as overestimation).
+    With ``gamma``, also the value-overestimation measure of the paper's Fig. 5b over the
+    first ``value_steps`` states of each episode (:func:`value_overestimation`).
     """
     returns, lengths, successes, frames, estimates, truths = [], [], [], [], [], []
     with torch.random.fork_rng(devices=[]):
@@ -208,9 +227,13 @@ def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False, gamma
             returns.append(total)
             lengths.append(length)
             if gamma is not None:
-                half = max(1, length // 2)
-                estimates.append(float(np.mean(values[:half])))
-                truths.append(float(np.mean(discounted_to_go(np.array(rewards), gamma)[:half])))
+                bootstrap = None
+                if not terminated:  # cut by the time limit: the critic's value of the final state
+                    _, state = act(agent, _batch(obs), state, np.array([False]), explore=False)
+                    bootstrap = float(agent.policy_value(state)[0])
+                estimate, truth = value_overestimation(values, rewards, gamma, value_steps, bootstrap)
+                estimates.append(estimate)
+                truths.append(truth)
             if success is not None:
                 successes.append(float(success))
     out = {"returns": returns, "lengths": lengths}

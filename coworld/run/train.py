@@ -15,6 +15,7 @@ import numpy as np
 
 from coworld import envs
 from coworld.data.replay import Replay
+from coworld.eval.diagnostics import offline_diagnostics
 from coworld.eval.openloop import openloop_strip
 from coworld.eval.plots import plot_run
 from coworld.errors import UserError
@@ -115,7 +116,7 @@ def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", i
     cfg = session.cfg
     video = cfg.train.video_every > 0 and index % cfg.train.video_every == 0
     result = evaluate(agent, env, episodes=cfg.train.eval_episodes, seed=cfg.seed + 10_000 + step, video=video,
-                      gamma=cfg.behaviour.gamma)
+                      gamma=cfg.behaviour.gamma, value_steps=cfg.train.value_steps)
     stats = summarize(result["returns"])
     metrics = {"return": stats["mean"], "return_std": stats["std"],
                "value_estimate": float(np.mean(result["value_estimate"])),
@@ -134,13 +135,16 @@ def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", i
     return metrics
 
 
-def log_openloop(session: Session, agent, replay, step: int, tag: str = "openloop") -> None:
-    """Real vs open-loop imagined frames, on a batch drawn with its own generator (training RNG untouched)."""
+def log_openloop(session: Session, agent, replay, step: int, prefix: str = "") -> None:
+    """Diagnostics that need no simulator, on a batch drawn with its own generator (training RNG
+    untouched): real vs open-loop imagined frames (``{prefix}openloop``) and the reward head's
+    fit and the critic's values on the data (``{prefix}offline/``, :func:`offline_diagnostics`)."""
     cfg = session.cfg
     batch = replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
                           rng=np.random.default_rng([cfg.seed, step]))
     context = max(1, min(5, cfg.train.length // 3))
-    session.logger.image(step, tag, openloop_strip(agent, batch, context=context))
+    session.logger.image(step, f"{prefix}openloop", openloop_strip(agent, batch, context=context))
+    session.logger.scalars(step, offline_diagnostics(agent, batch, cfg.behaviour.gamma), prefix=f"{prefix}offline/")
 
 
 def finish(session: Session, components: dict, counters: dict) -> int:
@@ -226,9 +230,10 @@ def train_offline(session: Session, agent, dataset: str | Path, env_id: str | No
         metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
         session.watch(metrics)
         after = agent.updates
-        if eval_env is not None and do_eval(before, after):
+        if do_eval(before, after):  # without an env: the offline diagnostics alone
             session.check_updates()
-            run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
+            if eval_env is not None:
+                run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
             log_openloop(session, agent, replay, after)
         if do_log(before, after):
             log_train(session, after, metrics, {"updates_per_s": logger.rate("updates", after) or 0.0})
