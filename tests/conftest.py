@@ -1,9 +1,12 @@
 """Test-wide settings: single-threaded torch (tests run beside each other on 2 cores),
-headless MuJoCo rendering, and deterministic seeds."""
+headless MuJoCo rendering, a private cache directory (replay caches, demo datasets, compiled
+kernels) so that tests never write into the user's cache, and deterministic seeds."""
 
 import os
+import tempfile
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ["COWORLD_CACHE"] = tempfile.mkdtemp(prefix="coworld-test-cache-")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 import numpy as np  # noqa: E402

@@ -1,9 +1,9 @@
-"""Comparing methods over seeds: a results table and learning curves.
+"""Comparing methods over seeds: a results table with confidence intervals, and learning curves.
 
-The protocol (SPEC 11): each seed's score is the mean return over the episodes of its
-FINAL evaluation; a method's score is the mean of its seeds' scores, and the spread shown
-is the standard deviation of those per-seed means (population std, ddof = 0), never the
-spread over pooled episodes.
+The protocol (docs/algorithms.md, "Reporting"): each seed's score is the mean return over the
+episodes of its FINAL evaluation; seeds are the runs axis of the statistics in
+:mod:`coworld.eval.stats` (IQM and mean with 95% stratified-bootstrap intervals, probability of
+improvement), so episodes are never pooled across seeds.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from coworld.errors import UserError
+from coworld.eval import stats
 from coworld.eval.plots import eval_tag, is_number, read_metrics, series
 
-
-def _mean_std(values) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std())
+TASK = "task"  # one comparison on one task: a single stratum
 
 
 def _duration(seconds: float) -> str:
@@ -31,15 +29,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def results_table(results: dict[str, list[dict]]) -> str:
-    """A markdown table, one row per method, from per-seed results.
-
-    ``results[method]`` is a list with one dict per seed: ``{"seed": int, "returns": [the
-    per-episode returns of the final evaluation], "overestimation": float | None,
-    "wall_s": float}`` (:func:`run_result` reads one from a run directory).
-    """
-    header = ["method", "final return", "seeds", "episodes / eval", "value overestimation", "wall time / seed"]
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+def _check(results: dict[str, list[dict]]) -> None:
     for method, seeds in results.items():
         if not seeds:
             raise UserError(f"method {method!r} has no seeds to report")
@@ -47,23 +37,95 @@ def results_table(results: dict[str, list[dict]]) -> str:
             if not s.get("returns"):
                 raise UserError(f"method {method!r}, seed {s.get('seed')}: no final-evaluation returns; "
                                 "did the run finish its final evaluation?")
-        mean, std = _mean_std([np.mean(s["returns"]) for s in seeds])
-        counts = sorted({len(s["returns"]) for s in seeds})
-        episodes = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+
+def scores(seeds: list[dict]) -> dict[str, np.ndarray]:
+    """Per-seed scores (each seed's mean over its final-evaluation episodes), as one stratum."""
+    return {TASK: np.array([stats.seed_score(s["returns"]) for s in seeds])}
+
+
+def aggregate(results: dict[str, list[dict]], reps: int = 2000, focus: str | None = None) -> dict:
+    """Per method: IQM and mean of the final returns with 95% intervals, the value overestimation
+    over seeds (mean with interval), the counts; and P(``focus`` > other) for every other method."""
+    _check(results)
+    out: dict = {"methods": {}, "improvement": {}}
+    for method, seeds in results.items():
+        summary = stats.summarize(scores(seeds), reps=reps)
         over = [s["overestimation"] for s in seeds if s.get("overestimation") is not None]
-        over_text = "n/a" if not over else "{:.1f} ± {:.1f}".format(*_mean_std(over))
-        if over and len(over) < len(seeds):
-            over_text += f" ({len(over)} seeds)"
+        entry = {"seeds": len(seeds), "episodes": sorted({len(s["returns"]) for s in seeds}),
+                 "iqm": summary["iqm"], "mean": summary["mean"], "overestimation": None,
+                 "overestimation_seeds": len(over)}
+        if over:
+            o = {TASK: np.array(over, dtype=np.float64)}
+            lo, hi = stats.bootstrap_ci(stats.mean, o, reps=reps)
+            entry["overestimation"] = {"value": stats.mean(o), "ci": [lo, hi]}
         wall = [s["wall_s"] for s in seeds if s.get("wall_s") is not None]
-        wall_text = _duration(float(np.mean(wall))) if wall else "n/a"
-        row = [method, f"{mean:.1f} ± {std:.1f}", str(len(seeds)), episodes, over_text, wall_text]
+        entry["wall_s"] = float(np.mean(wall)) if wall else None
+        out["methods"][method] = entry
+    if focus in results:
+        for other in results:
+            if other != focus:
+                out["improvement"][other] = stats.compare(scores(results[focus]), scores(results[other]), reps=reps)
+    return out
+
+
+def results_table(results: dict[str, list[dict]], reps: int = 2000) -> str:
+    """A markdown table, one row per method, from per-seed results.
+
+    ``results[method]`` is a list with one dict per seed: ``{"seed": int, "returns": [the
+    per-episode returns of the final evaluation], "overestimation": float | None,
+    "wall_s": float}`` (:func:`run_result` reads one from a run directory).
+    """
+    agg = aggregate(results, reps=reps)
+    header = ["method", "IQM [95% CI]", "mean [95% CI]", "seeds", "episodes / eval",
+              "value overestimation [95% CI]", "wall time / seed"]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for method, e in agg["methods"].items():
+        episodes = "-".join(str(n) for n in (e["episodes"][0], e["episodes"][-1])) if len(e["episodes"]) > 1 \
+            else str(e["episodes"][0])
+        over = "n/a" if e["overestimation"] is None else stats.interval_text(e["overestimation"])
+        if e["overestimation"] is not None and e["overestimation_seeds"] < e["seeds"]:
+            over += f" ({e['overestimation_seeds']} seeds)"
+        wall = "n/a" if e["wall_s"] is None else _duration(e["wall_s"])
+        row = [method, stats.interval_text(e["iqm"]), stats.interval_text(e["mean"]), str(e["seeds"]), episodes,
+               over, wall]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    lines.append("Final return: mean over seeds of each seed's mean return over the episodes of its final "
-                 "evaluation; ± is the std (ddof=0) over those seed means, not over episodes. Value "
-                 "overestimation: critic value estimate minus the true discounted return along evaluation "
-                 "trajectories (paper Fig. 5b), mean ± std over seeds.")
+    lines.append("Each seed's score is its mean return over the episodes of its final evaluation; IQM and mean "
+                 "are over those seed scores, with 95% percentile intervals of a bootstrap over seeds "
+                 f"({reps} resamples). Value overestimation: the critic's values minus the discounted returns "
+                 "obtained, along evaluation trajectories (paper Fig. 5b), mean over seeds.")
     return "\n".join(lines)
+
+
+def reading(agg: dict, focus: str, references: dict[str, float] | None = None) -> list[str]:
+    """One line per claim that the intervals support (and say so where they support none)."""
+    lines = []
+    for other, p in agg["improvement"].items():
+        lo, hi = p["ci"]
+        if lo > 0.5:
+            verdict = f"{focus} improves on {other}"
+        elif hi < 0.5:
+            verdict = f"{other} improves on {focus}"
+        else:
+            verdict = f"no difference between {focus} and {other} is supported"
+        lines.append(f"P({focus} > {other}) = {stats.interval_text(p, 2)}: {verdict}.")
+    for name, value in (references or {}).items():
+        above = [m for m, e in agg["methods"].items() if e["mean"]["ci"][0] > value]
+        below = [m for m, e in agg["methods"].items() if e["mean"]["ci"][1] < value]
+        lines.append(f"{name} return {value:.1f}: mean interval above it: {', '.join(above) or 'none'}; "
+                     f"below it: {', '.join(below) or 'none'}.")
+    return lines
+
+
+def results_json(results: dict[str, list[dict]], agg: dict, references: dict[str, float] | None = None) -> dict:
+    """Everything needed to recompute the statistics: every seed's final-evaluation returns (per
+    episode), its score and overestimation, the aggregates, and the reference returns."""
+    return {
+        "runs": {m: [{**s, "score": stats.seed_score(s["returns"])} for s in seeds] for m, seeds in results.items()},
+        "aggregates": agg,
+        "references": references or {},
+    }
 
 
 def run_result(run_dir: str | Path, tag: str | None = None) -> dict:
@@ -94,9 +156,11 @@ def _over_seeds(curves: list[tuple[np.ndarray, np.ndarray]]):
     return steps, np.array([np.mean(p) for p in per_step]), np.array([np.std(p) for p in per_step])
 
 
-def plot_comparison(runs: dict[str, list[str | Path]], out_path: str | Path, key: str | None = None) -> Path:
+def plot_comparison(runs: dict[str, list[str | Path]], out_path: str | Path, key: str | None = None,
+                    references: dict[str, float] | None = None) -> Path:
     """Learning curves (mean ± std over seeds) per method, and a second panel with the value
     estimate (dashed) vs the true discounted return (solid) when the runs logged them.
+    ``references`` (e.g. random, dataset, expert returns) are drawn as labelled horizontal lines.
 
     Each run is read at its own evaluation tag ("target_eval" for CoWorld / DV2 Finetune, "eval"
     otherwise; both are indexed by target updates), unless ``key`` (e.g. "eval/return") is given.
@@ -125,9 +189,13 @@ def plot_comparison(runs: dict[str, list[str | Path]], out_path: str | Path, key
                     axes[1].plot(vs, vm, style, marker=".", color=line.get_color(), label=f"{method} {what}")
     if not any(ax.get_legend_handles_labels()[0] for ax in axes[:1]):
         raise UserError(f"none of the runs logged {key or 'an evaluation return'}; pass key=")
+    for (name, value), style in zip((references or {}).items(), (":", "-.", "--", (0, (1, 4)))):
+        axes[0].axhline(value, color="0.4", linestyle=style, linewidth=1, label=f"{name} ({value:.0f})")
     axes[0].set_title("evaluation return (mean ± std over seeds)")
+    axes[0].set_ylabel("episode return")
     if has_value:
         axes[1].set_title("value estimate (dashed) vs true discounted return (solid)")
+        axes[1].set_ylabel("discounted value per state")
     for ax in axes:
         ax.set_xlabel("target updates" if key is None else "step")
         ax.grid(alpha=0.3)

@@ -169,7 +169,7 @@ def main(args) -> int:
     from coworld.config import load_config
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    from coworld.eval.report import plot_comparison, results_table, run_result
+    from coworld.eval.report import aggregate, plot_comparison, reading, results_json, results_table, run_result
 
     t0 = time.time()
     out = Path(args.out)
@@ -196,17 +196,46 @@ def main(args) -> int:
             row["wall_s"] = json.loads((d / "done.json").read_text())["wall_s"]
             rows.append(row)
         results[method] = rows
+    refs = reference_returns(data)
+    agg = aggregate(results, focus="CoWorld")
     table = results_table(results)
-    plot = plot_comparison(runs, out / "comparison.png")
+    lines = reading(agg, "CoWorld", refs)
+    plot = plot_comparison(runs, out / "comparison.png", references=refs)
     header = (f"Target {TARGET_ENV}: {args.episodes}-episode {DEFAULTS['level']} dataset; source {SOURCE_ENV}. "
               f"Preset {args.preset}; {updates} target updates per method; final evaluation with the "
               f"actor's mean action. Total wall time {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores.")
-    (out / "results.md").write_text(f"{header}\n\n{table}\n")
+    ref_text = "Reference returns: " + ", ".join(f"{k} {v:.1f}" for k, v in refs.items()) + "."
+    body = "\n".join([header, "", table, "", ref_text, "", *(f"- {line}" for line in lines)])
+    (out / "results.md").write_text(body + "\n")
+    (out / "results.json").write_text(json.dumps(results_json(results, agg, refs), indent=1))
     print()
-    print(header)
-    print(table)
-    print(f"plot: {plot}\nresults: {out / 'results.md'}")
+    print(body)
+    print(f"plot: {plot}\nresults: {out / 'results.md'}, {out / 'results.json'}")
     return 0
+
+
+def reference_returns(data: Path, episodes: int = 30) -> dict[str, float]:
+    """The returns a reader needs to judge the table: the uniform-random policy's (measured here,
+    ``episodes`` seeded episodes), the dataset's mean episode return, and the scripted expert's."""
+    import numpy as np
+
+    from coworld import envs
+    from coworld.data import load_episode
+    from coworld.data.episodes import list_episode_files
+    from coworld.data.make import run_episode
+
+    env = envs.make(TARGET_ENV)
+    rng = np.random.default_rng(0)
+    dim = envs.spec(TARGET_ENV).action_dim
+    random = [run_episode(env, lambda obs: rng.uniform(-1, 1, dim).astype(np.float32), seed=10_000 + i)
+              for i in range(episodes)]
+    env.close()
+    dataset = [float(load_episode(f)["reward"][1:].sum()) for f in list_episode_files(data)]
+    refs = {"random": float(np.mean(random)), "dataset": float(np.mean(dataset))}
+    expert = envs.spec(TARGET_ENV).expert_score
+    if expert is not None:
+        refs["expert"] = float(expert)
+    return refs
 
 
 def register(sub) -> None:

@@ -19,19 +19,38 @@ def rows(table):
 
 def test_results_table_hand_computed():
     table = report.results_table({
-        # seed means 2 and 6 -> 4 +- 2 (ddof 0); overestimation 1, 3 -> 2 +- 1; wall 60, 120 s -> 90 s
+        # seed means 2 and 6: IQM = mean = 4; bootstrap over 2 seeds -> interval [2, 6];
+        # overestimation 1, 3 -> 2 [1, 3]; wall 60, 120 s -> 90 s
         "CoWorld": [seed(0, [1.0, 3.0], 1.0, 60.0), seed(1, [5.0, 7.0], 3.0, 120.0)],
-        # seed means 10 and 0 -> 5 +- 5; 3 and 2 episodes; one seed without overestimation
+        # seed means 10 and 0 -> 5 [0, 10]; 3 and 2 episodes; one seed without overestimation
         "DV2 Finetune": [seed(0, [10.0, 10.0, 10.0], 4.0, 7200.0), seed(1, [0.0, 0.0], None, 7200.0)],
         "Offline DV2": [seed(0, [2.5], None, 600.0)],
     })
     r = rows(table)
-    assert r["method"] == ["method", "final return", "seeds", "episodes / eval", "value overestimation",
-                           "wall time / seed"]
-    assert r["CoWorld"][1:] == ["4.0 ± 2.0", "2", "2", "2.0 ± 1.0", "90 s"]
-    assert r["DV2 Finetune"][1:] == ["5.0 ± 5.0", "2", "2-3", "4.0 ± 0.0 (1 seeds)", "2.00 h"]
-    assert r["Offline DV2"][1:] == ["2.5 ± 0.0", "1", "1", "n/a", "10.0 min"]
-    assert "std (ddof=0) over those seed means" in table
+    assert r["method"] == ["method", "IQM [95% CI]", "mean [95% CI]", "seeds", "episodes / eval",
+                           "value overestimation [95% CI]", "wall time / seed"]
+    assert r["CoWorld"][1:] == ["4.0 [2.0, 6.0]", "4.0 [2.0, 6.0]", "2", "2", "2.0 [1.0, 3.0]", "90 s"]
+    assert r["DV2 Finetune"][1:] == ["5.0 [0.0, 10.0]", "5.0 [0.0, 10.0]", "2", "2-3", "4.0 [4.0, 4.0] (1 seeds)",
+                                     "2.00 h"]
+    assert r["Offline DV2"][1:] == ["2.5 [2.5, 2.5]", "2.5 [2.5, 2.5]", "1", "1", "n/a", "10.0 min"]
+    assert "bootstrap over seeds" in table
+
+
+def test_aggregate_reading_and_results_json():
+    high = [seed(i, [10.0 + i, 12.0 + i], 0.5, 1.0) for i in range(5)]
+    low = [seed(i, [1.0 + i, 0.0], 2.0, 1.0) for i in range(5)]
+    same = [seed(i, [10.0 + i, 12.0 + i], None, 1.0) for i in range(5)]
+    results = {"CoWorld": high, "Offline DV2": low, "Twin": same}
+    agg = report.aggregate(results, reps=500, focus="CoWorld")
+    assert agg["improvement"]["Offline DV2"] == {"value": 1.0, "ci": [1.0, 1.0]}
+    assert agg["improvement"]["Twin"]["value"] == 0.5
+    lines = report.reading(agg, "CoWorld", {"random": 5.0})
+    assert lines[0].endswith("CoWorld improves on Offline DV2.")
+    assert "no difference between CoWorld and Twin is supported" in lines[1]
+    assert lines[2] == "random return 5.0: mean interval above it: CoWorld, Twin; below it: Offline DV2."
+    out = report.results_json(results, agg, {"random": 5.0})
+    assert out["runs"]["CoWorld"][0]["returns"] == [10.0, 12.0] and out["runs"]["CoWorld"][0]["score"] == 11.0
+    assert json.loads(json.dumps(out))["references"] == {"random": 5.0}
 
 
 def test_results_table_refuses_missing_data():
@@ -79,7 +98,8 @@ def test_over_seeds_mean_std_per_step():
 def test_plot_comparison_files(tmp_path):
     a = [curve_run(tmp_path / f"a{i}", [(0, i), (10, 2 * i)]) for i in range(2)]
     b = [curve_run(tmp_path / "b0", [(0, 1.0), (10, 1.5)], value=[(10, 9.0, 4.0)])]
-    with_value = report.plot_comparison({"A": a, "B": b}, tmp_path / "out" / "cmp.png")
+    with_value = report.plot_comparison({"A": a, "B": b}, tmp_path / "out" / "cmp.png",
+                                        references={"random": 1.0, "expert": 9.0})
     without = report.plot_comparison({"A": a}, tmp_path / "cmp_a.png")
     wide, narrow = imageio.imread(with_value), imageio.imread(without)
     assert wide.shape[1] == 2 * narrow.shape[1]  # the value panel only when a run logged values

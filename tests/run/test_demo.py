@@ -17,6 +17,13 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch, capsys):
         assert f"| {method} |" in text
     assert "| 2 | 10 |" in text  # seeds, episodes per evaluation
     assert (out / "comparison.png").stat().st_size > 0 and (out / "results.md").exists()
+    assert "Reference returns: random" in text and "P(CoWorld > Offline DV2) = " in text
+    import json
+
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["runs"]["CoWorld"]) == 2 and len(saved["runs"]["CoWorld"][0]["returns"]) == 10
+    assert {"random", "dataset", "expert"} <= saved["references"].keys()
+    assert set(saved["aggregates"]["improvement"]) == {"Offline DV2", "DV2 Finetune"}
     # a second call reuses the finished runs and the cached dataset
     assert main(args) == 0
     assert "making the target dataset" not in capsys.readouterr().out
