@@ -460,6 +460,8 @@ class Replay:
             path.unlink()
         if stale:
             update_sidecar(self.directory, removed=[p.name for p in stale])
+        for tmp in self.directory.glob(".tmp-*"):  # a write cut short by a kill: never part of the replay
+            tmp.unlink(missing_ok=True)
         self._names, self._ep_start, self._ep_len = [], [], []
         self._data, self._offset, self._size = {}, 0, 0
         self._action_dim = self._image_shape = None

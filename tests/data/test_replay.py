@@ -160,12 +160,13 @@ def test_online_resume_is_bit_identical_and_deletes_later_files(tmp_path, episod
     expected = replay.sample(4, 6)
     replay.add_episode(episode(4, value=8))  # collected after the checkpoint, then the run dies
     replay.add_episode(episode(4, value=9))
+    (directory / ".tmp-abc123.npz").write_bytes(b"half a file")  # killed in the middle of a write
 
     resumed = Replay(directory, readonly=False, seed=0)
     assert resumed.num_episodes == 5
     resumed.load_state_dict(state)
     assert resumed.names == state["episodes"]
-    assert len(list(directory.glob("*.npz"))) == 3
+    assert len(list(directory.glob("*.npz"))) == 3  # the later episodes and the partial write are gone
     assert read_sidecar(directory)["counts"]["episodes"] == 3
     got = resumed.sample(4, 6)
     for key in expected:
