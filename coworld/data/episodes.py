@@ -86,11 +86,13 @@ def bad_listed_name(name) -> str | None:
 
 
 def list_episode_files(directory) -> list[Path]:
-    """The episode files of a directory, sorted by name (= by time for well-named files)."""
+    """The episode files of a directory, sorted by name (= by time for well-named files). Hidden
+    files (``.tmp-*`` writes in progress or cut short) are not episodes."""
     directory = Path(directory)
     if not directory.is_dir():
         raise DatasetError(f"{directory}: not a directory; pass a directory of episode .npz files")
-    return sorted(p for p in directory.iterdir() if p.suffix == ".npz" and p.is_file())
+    return sorted(p for p in directory.iterdir() if p.suffix == ".npz" and not p.name.startswith(".")
+                  and p.is_file())
 
 
 # --------------------------------------------------------------------------------------------------
