@@ -21,8 +21,8 @@ COMMAND_MODULES = [
     "coworld.envs.commands",  # envs
     "coworld.envs.doctor",  # doctor
     "coworld.data.commands",  # data make | validate | info | ...
-    "coworld.run.commands",  # train, eval, bench
-    "coworld.run.demo",  # demo (the embedded default job)
+    "coworld.run.commands",  # train, eval, bench, data collect
+    "coworld.eval.demo",  # demo (the embedded default job)
 ]
 
 
@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="CoWorld and DreamerV2 baselines for offline visual RL.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups: dict = {}  # command groups a later (higher) layer adds to, e.g. "data" gets "collect" from run
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        groups.update(importlib.import_module(name).register(sub, groups) or {})
     return parser
 
 

@@ -269,21 +269,14 @@ def parse_override(text: str) -> dict:
     return out
 
 
-# Settings an algorithm cannot run without, where the dataclass default switches it off. They sit
-# between the dataclass defaults and the preset: a preset that names a value keeps it, and --set wins
-# over both, so `--algo offline-dv2` works with every size preset (docs/algorithms.md, "Offline DV2").
-ALGO_DEFAULTS: dict[str, dict] = {
-    "offline-dv2": {"model": {"ensemble": 7}, "train": {"offline_penalty": 10.0}},
-}
-
-
-def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (), algo: str | None = None) -> Config:
-    """Resolve a preset (with ``extends``) over ``algo``'s required settings, then apply
-    ``section.key=value`` overrides."""
+def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (), defaults: dict | None = None) -> Config:
+    """Resolve a preset (with ``extends``) over ``defaults`` (an algorithm's required settings, from
+    its registry entry: they sit between the dataclass defaults and the preset, so a preset that names
+    a value keeps it), then apply ``section.key=value`` overrides."""
     cfg = Config()
     data = _resolve_preset(preset)
     data.pop("source", None)  # provenance text; kept in the file, not in the config
-    _apply(cfg, ALGO_DEFAULTS.get(algo or "", {}), where=f"algorithm {algo}")
+    _apply(cfg, defaults or {}, where="algorithm defaults")
     _apply(cfg, data, where=preset)
     cfg.preset = preset
     for text in overrides:

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from coworld.eval.plots import read_metrics
+from coworld.run.plots import read_metrics
 from coworld.eval.report import plot_comparison
 
 

@@ -90,8 +90,11 @@ def test_unknown_preset_lists_the_known_ones():
 def test_algorithm_brings_its_required_settings():
     """`--algo offline-dv2` works with a size preset: ensemble and penalty come with the algorithm,
     a preset that names them keeps its values, and --set wins over both."""
+    from coworld.run.registry import get
+
+    odv2, dreamer = get("offline-dv2").defaults, get("dreamer").defaults
     assert load_config("tiny").model.ensemble == 0
-    cfg = load_config("tiny", algo="offline-dv2")
+    cfg = load_config("tiny", defaults=odv2)
     assert (cfg.model.ensemble, cfg.train.offline_penalty) == (7, 10.0)
-    assert load_config("tiny", ["model.ensemble=3"], algo="offline-dv2").model.ensemble == 3
-    assert load_config("tiny", algo="dreamer").model.ensemble == 0
+    assert load_config("tiny", ["model.ensemble=3"], defaults=odv2).model.ensemble == 3
+    assert load_config("dv2-official", defaults=dreamer).model.ensemble == 0

@@ -1,5 +1,5 @@
-"""`coworld data make | validate | info | import | export | collect`: make, check, describe, convert
-and collect episode datasets."""
+"""`coworld data make | validate | info | import | export`: make, check, describe and convert episode
+datasets (`data collect`, which trains an agent, is registered by :mod:`coworld.run.commands`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import json
 
 import numpy as np
 
-from coworld.data.collect import COLLECT_LEVELS, COLLECTORS
 from coworld.data.episodes import DatasetError, list_episode_files, read_npz, read_sidecar
 from coworld.data.interop import EXPORT_FORMATS, IMPORT_FORMATS, MAX_EPISODE_STEPS, REPAIRS
 from coworld.data.make import LEVELS, make_dataset
 from coworld.data.validate import validate_directory
 
 
-def register(subparsers) -> None:
+def register(subparsers, groups=None) -> dict:
     parser = subparsers.add_parser("data", help="make, validate and describe episode datasets")
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -55,21 +54,7 @@ def register(subparsers) -> None:
     exp.add_argument("--out", required=True, help="output directory (new or empty)")
     exp.add_argument("--dataset-id", help="Minari dataset id (default coworld/<dir name>-v0)")
     exp.set_defaults(func=run_export)
-
-    collect = sub.add_parser("collect", help="train an online agent and keep its replay up to a level")
-    collect.add_argument("--env", required=True, help="environment id, e.g. dmc:walker_downhill")
-    collect.add_argument("--level", required=True, choices=COLLECT_LEVELS, help="dataset level (docs/collection.md)")
-    collect.add_argument("--out", required=True, help="output directory; re-running the command resumes")
-    collect.add_argument("--collector", default="sac-state", choices=COLLECTORS,
-                         help="sac-state: SAC on low-dimensional states (cheap); dreamer: pixel DreamerV2 (paper)")
-    collect.add_argument("--reference-score", type=float, help="return that counts as 1.0 (default: env/table)")
-    collect.add_argument("--seed", type=int, default=0, help="seed")
-    collect.add_argument("--max-steps", type=int, default=0, help="stop after this many agent steps (0 = none)")
-    collect.add_argument("--time-limit", type=int, default=0, help="agent steps per episode (0 = env default)")
-    collect.add_argument("--eval-every", type=int, default=0, help="agent steps between evaluations (0 = default)")
-    collect.add_argument("--preset", default="dv2-official", help="dreamer collector: config preset")
-    collect.add_argument("--device", default="auto", help="dreamer collector: torch device (sac-state runs on the CPU)")
-    collect.set_defaults(func=run_collect)
+    return {"data": sub}  # the run layer adds `data collect` (a training loop) to this group
 
 
 def run_make(args) -> int:
@@ -188,19 +173,4 @@ def run_export(args) -> int:
 
     out = interop.export_minari(args.dir, args.out, dataset_id=args.dataset_id)
     print(f"wrote a Minari dataset to {out / 'data'}; read it with minari.MinariDataset('{out / 'data'}')")
-    return 0
-
-
-def run_collect(args) -> int:
-    from coworld.data.collect import collect_dataset
-
-    options = {"time_limit": args.time_limit} if args.time_limit else {}
-    side = collect_dataset(
-        args.env, args.level, args.out, collector=args.collector, reference_score=args.reference_score,
-        seed=args.seed, max_steps=args.max_steps or None, eval_every=args.eval_every or None,
-        preset=args.preset, device=args.device, progress=True, **options,
-    )
-    made = side["collection"]
-    print(f"{made['status']}: {side['counts']['episodes']} episodes ({side['counts']['steps']} steps) in {args.out}; "
-          f"best evaluation return {made['best_eval_return']} (target {made['target_return']:.1f})")
     return 0

@@ -10,7 +10,7 @@ import json
 from coworld.envs import list_specs
 
 
-def register(subparsers) -> None:
+def register(subparsers, groups=None) -> None:
     parser = subparsers.add_parser("envs", help="list the registered environments")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--suite", default=None, help="only this suite (builtin, dmc, metaworld, ...)")

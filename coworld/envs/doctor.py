@@ -133,7 +133,7 @@ def run_doctor(args) -> int:
     return 1 if failed else 0
 
 
-def register(subparsers) -> None:
+def register(subparsers, groups=None) -> None:
     p = subparsers.add_parser(
         "doctor",
         help="check MuJoCo rendering and the benchmark suites; says what to install",

@@ -1,8 +1,6 @@
-"""Evaluation and reporting helpers: open-loop prediction strips, run plots, result tables."""
+"""Reporting over runs: statistics over seeds (:mod:`coworld.eval.stats`), result tables and
+comparison plots (:mod:`coworld.eval.report`), and the embedded demo job (:mod:`coworld.eval.demo`)."""
 
-from coworld.eval.openloop import openloop_predict, openloop_strip
-from coworld.eval.plots import plot_run, read_metrics
-from coworld.eval.report import plot_comparison, results_table, run_result
+from coworld.eval.report import aggregate, plot_comparison, results_table, run_result
 
-__all__ = ["openloop_predict", "openloop_strip", "plot_comparison", "plot_run", "read_metrics", "results_table",
-           "run_result"]
+__all__ = ["aggregate", "plot_comparison", "results_table", "run_result"]

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from coworld.errors import UserError
 from coworld.eval import stats
-from coworld.eval.plots import eval_tag, is_number, read_metrics, series
+from coworld.run.plots import eval_tag, is_number, read_metrics, series
 
 TASK = "task"  # one comparison on one task: a single stratum
 

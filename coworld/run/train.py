@@ -15,9 +15,9 @@ import numpy as np
 
 from coworld import envs
 from coworld.data.replay import Replay
-from coworld.eval.diagnostics import offline_diagnostics
-from coworld.eval.openloop import openloop_strip
-from coworld.eval.plots import plot_run
+from coworld.run.diagnostics import offline_diagnostics
+from coworld.run.openloop import openloop_strip
+from coworld.run.plots import plot_run
 from coworld.errors import UserError
 from coworld.run.driver import Collector, evaluate
 from coworld.run.session import Session, track

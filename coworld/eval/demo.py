@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from coworld.errors import UserError
+from coworld.run import registry
 
 TARGET_ENV = "builtin:reach"
 SOURCE_ENV = "builtin:reach-src"
@@ -70,33 +71,37 @@ def target_dataset(episodes: int, level: str, seed: int = 0) -> Path:
 
 def target_updates(cfg, source_steps: int) -> int:
     """Target gradient updates CoWorld makes for ``source_steps`` (world-model warm-up included)."""
-    from coworld.algos.cotrain import build_schedule
+    from coworld.run.cotrain import build_schedule
 
     return sum(p.length for p in build_schedule(cfg, source_steps, 1) if p.kind in ("target", "target_wm"))
 
 
-METHODS = ("CoWorld", "Offline DV2", "DV2 Finetune", "CoWorld w/o max")
+# The demo's methods: every registered algorithm with a demo name, and the "w/o max" ablation of
+# CoWorld (paper Fig. 5b), as (algorithm, extra flags).
+METHODS = {**{a.demo: (a.name, []) for a in registry.ALGORITHMS.values() if a.demo},
+           "CoWorld w/o max": ("coworld", ["--no-max"])}
+EXTRA = {"coworld": COWORLD, "dv2-finetune": COWORLD, "offline-dv2": OFFLINE_DV2}
 
 
 def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, preset: str,
          methods: list[str]) -> list[dict]:
+    inputs = {"env": TARGET_ENV, "dataset": str(data), "source": SOURCE_ENV, "target_dataset": str(data),
+              "target_env": TARGET_ENV}
     todo = []
     for seed in range(seeds):
         base = ["--preset", preset, "--seed", str(seed), "--no-progress"]
-        co = ["--source", SOURCE_ENV, "--target-dataset", str(data), "--target-env", TARGET_ENV]
-        specs = {
-            "CoWorld": ["--algo", "coworld", *co, "--steps", str(source_steps)],
-            "Offline DV2": ["--algo", "offline-dv2", "--dataset", str(data), "--env", TARGET_ENV,
-                            "--steps", str(updates)],
-            "DV2 Finetune": ["--algo", "dv2-finetune", *co, "--steps", str(source_steps)],
-            "CoWorld w/o max": ["--algo", "coworld", *co, "--steps", str(source_steps), "--no-max"],
-        }
-        extra = {"CoWorld": COWORLD, "Offline DV2": OFFLINE_DV2 + [f"train.eval_every={updates // 6}"],
-                 "DV2 Finetune": COWORLD, "CoWorld w/o max": COWORLD}
         for method in methods:
-            args = specs[method]
+            name, flags = METHODS[method]
+            algo = registry.get(name)
+            args = ["--algo", name, *flags]
+            for key in algo.needs + algo.optional:
+                args += ["--" + key.replace("_", "-"), inputs[key]]
+            # offline algorithms count updates: the same number of target updates as CoWorld makes
+            offline = "dataset" in algo.needs
+            args += ["--steps", str(updates if offline else source_steps)]
+            extra = EXTRA.get(name, []) + ([f"train.eval_every={updates // 6}"] if offline else [])
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
-            sets = sum((["--set", s] for s in COMMON + extra[method]), [])
+            sets = sum((["--set", s] for s in COMMON + extra), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
             todo.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd})
     return todo
@@ -238,7 +243,7 @@ def reference_returns(data: Path, episodes: int = 30) -> dict[str, float]:
     return refs
 
 
-def register(sub) -> None:
+def register(sub, groups=None) -> None:
     p = sub.add_parser("demo", help="the embedded default job: CoWorld vs Offline DV2 vs DV2 Finetune "
                        "on the built-in suite (no download; ~15 min on 2 CPU cores)")
     p.add_argument("--out", default="runs/demo", help="where the runs and results go")

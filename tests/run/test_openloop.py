@@ -5,7 +5,7 @@ import torch
 from coworld.algos import DreamerAgent
 from coworld.config import load_config
 from coworld.errors import UserError
-from coworld.eval.openloop import openloop_predict, openloop_strip
+from coworld.run.openloop import openloop_predict, openloop_strip
 from tests.algos.test_dreamer import make_batch as dreamer_batch
 
 SMALL = [

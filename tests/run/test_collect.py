@@ -7,7 +7,8 @@ import torch
 
 from coworld import envs
 from coworld.cli import main
-from coworld.data.collect import SAC, TransitionBuffer, collect_dataset, resolve_reference_score, working_dir
+from coworld.algos.sac import SAC
+from coworld.run.collect import TransitionBuffer, collect_dataset, resolve_reference_score, working_dir
 from coworld.data.episodes import list_episode_files, load_episode, read_sidecar
 from coworld.data.replay import Replay
 from coworld.data.validate import validate_directory
@@ -44,7 +45,9 @@ def test_sac_learns_a_bandit():
     assert abs(action.item() - 0.5) < 0.15
 
 
-def test_transition_buffer_pairs_state_with_next_state(episode):
+def test_transition_buffer_pairs_state_with_next_state():
+    from tests.data.conftest import make_episode as episode
+
     ep = episode(4)
     ep["state"] = np.arange(5, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
     ep["is_terminal"][-1] = True
@@ -123,7 +126,7 @@ def test_collect_resumes_bit_for_bit(tmp_path):
 def test_collect_resumes_after_a_crash_mid_episode(tmp_path, monkeypatch):
     """Killed at step 100 with the last checkpoint at step 50 (mid-episode): the rerun deletes the
     episodes written after it, replays the partial episode and ends as an uninterrupted run."""
-    import coworld.data.collect as collect_mod
+    import coworld.run.collect as collect_mod
 
     kwargs = dict(reference_score=1e6, seed=1, eval_every=100, time_limit=20, max_steps=200, checkpoint_every=50,
                   learner_options=TINY_SAC)

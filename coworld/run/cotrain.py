@@ -51,8 +51,7 @@ from coworld.data.replay import Replay
 from coworld.errors import UserError
 from coworld.run.driver import Collector
 from coworld.run.session import Session
-from coworld.run.train import Periodic, finish, log_openloop, make_env, run_evaluation, updates_due
-from coworld.run.train import check_dataset
+from coworld.run.train import Periodic, check_dataset, finish, log_openloop, make_env, run_evaluation, updates_due
 
 
 @dataclass(frozen=True)
@@ -339,30 +338,7 @@ class CoWorldTrainer:
         (self.session.dir / "schedule.json").write_text(json.dumps(rows, indent=1))
 
 
-# -- command-line entry points (`coworld train --algo coworld|dv2-finetune`, `coworld eval`) ---------
-
-
-def train_from_args(args, cfg: Config) -> int:
-    from coworld.run.commands import recorded_args, seed_everything
-
-    finetune = args.algo == "dv2-finetune"
-    if not args.source:
-        raise UserError(f"--algo {args.algo} needs at least one --source ENV_ID (see `coworld envs`)")
-    if finetune and len(args.source) > 1:
-        raise UserError("--algo dv2-finetune takes exactly one --source")
-    if not args.target_dataset:
-        raise UserError(f"--algo {args.algo} needs --target-dataset DIR (an offline dataset of the target task)")
-    for env_id in args.source + ([args.target_env] if args.target_env else []):
-        envs.spec(env_id)  # unknown ids fail here, before anything is written
-    cfg.coworld.state_align &= not args.no_state_align
-    cfg.coworld.reward_align &= not args.no_reward_align
-    cfg.coworld.value_constraint &= not args.no_value_constraint
-    cfg.coworld.no_max |= args.no_max
-    session = Session(args.logdir, run_args=recorded_args(args), cfg=cfg, total=args.steps, unit="unit",
-                      progress=not args.no_progress, extendable=False)
-    seed_everything(session.cfg.seed)
-    trainer = CoWorldTrainer(session, args.source, args.target_dataset, args.target_env, finetune=finetune)
-    return trainer.run()
+# -- evaluation of a saved run (`coworld eval`, coworld.evaluate) -------------------------------------
 
 
 def evaluation_agent(run_args: dict, cfg: Config, state: dict):

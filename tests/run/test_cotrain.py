@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from coworld.algos.cotrain import build_schedule, finetune_schedule, full_source_steps
+from coworld.run.cotrain import build_schedule, finetune_schedule, full_source_steps
 from coworld.cli import main
 from coworld.config import load_config
 from coworld.data.make import make_dataset

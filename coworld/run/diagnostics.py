@@ -3,7 +3,7 @@
 On a batch of dataset windows the world model filters the real frames; its reward head is
 compared with the rewards the data recorded, and the critic is read on the same (posterior)
 states and compared with the discounted rewards the data obtained after them inside the window.
-Together with the open-loop prediction strips (:mod:`coworld.eval.openloop`) these tell whether
+Together with the open-loop prediction strips (:mod:`coworld.run.openloop`) these tell whether
 the model fits the data and whether the critic's values sit far above what the data achieved.
 """
 

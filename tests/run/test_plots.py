@@ -5,7 +5,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from coworld.errors import UserError
-from coworld.eval import plots
+from coworld.run import plots
 
 
 def write_run(run_dir, records, run=None):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from coworld.eval.diagnostics import offline_diagnostics
+from coworld.run.diagnostics import offline_diagnostics
 
 
 def stub_agent(pred_reward, value):
