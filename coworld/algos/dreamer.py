@@ -256,10 +256,13 @@ class DreamerAgent(nn.Module):
         metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
         return metrics
 
-    def update(self, batch: dict[str, Tensor]) -> dict:
-        """World-model step, behaviour step, and the slow-critic hard copy every N updates."""
-        post, metrics = self.world_model_step(batch)
-        metrics.update(self.behaviour_step(post))
+    def update(self, batch: dict[str, Tensor], wm_hook=None, critic_hook=None) -> dict:
+        """World-model step, behaviour step, and the slow-critic hard copy every N updates.
+        ``wm_hook`` and ``critic_hook`` are added to the two losses, as ``extra_loss`` of
+        :meth:`world_model_step` and ``critic_extra`` of :meth:`behaviour_step` (how CoWorld's
+        stages and finetuning penalties plug in)."""
+        post, metrics = self.world_model_step(batch, extra_loss=wm_hook)
+        metrics.update(self.behaviour_step(post, critic_extra=critic_hook))
         self.finish_update()
         return metrics
 

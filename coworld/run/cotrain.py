@@ -51,7 +51,8 @@ from coworld.data.replay import Replay
 from coworld.errors import UserError
 from coworld.run.driver import Collector
 from coworld.run.session import Session
-from coworld.run.train import Periodic, check_dataset, finish, log_openloop, make_env, run_evaluation, updates_due
+from coworld.run.loop import run_loop
+from coworld.run.train import check_dataset, log_openloop, make_env, run_evaluation, updates_due
 
 
 @dataclass(frozen=True)
@@ -200,12 +201,14 @@ class CoWorldTrainer:
         self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0, "evals": 0,
                          "pretrained": [False] * len(self.sources), "aligned": 0,
                          "phase_updates": [0] * len(self.schedule)}
+        self.components = self.checkpointed()
+        self.tag, self.step_metrics = "target/", None
 
     def min_prefill(self) -> int:
         """One episode of the longest source plus one batch window, so warm-up trains at once."""
         return max(s.episode_steps for s in self.sources) + self.cfg.train.length
 
-    def components(self) -> dict:
+    def checkpointed(self) -> dict:
         comps = {"target_replay": self.target_replay}
         for i, src in enumerate(self.sources):
             comps.update(src.components(i))
@@ -255,23 +258,17 @@ class CoWorldTrainer:
         batch = src.replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling)
         if self.finetune:
             batch = pad_actions(batch, self.joint_dim)
-        post, metrics = src.agent.world_model_step(batch, extra_loss=hook)
-        metrics.update(src.agent.behaviour_step(post))
-        src.agent.finish_update()
-        return metrics
+        return src.agent.update(batch, wm_hook=hook)  # stage B on the source world model
 
     def target_update(self, wm_only: bool) -> dict:
         self.counters["target_updates"] += 1
         if self.finetune:
             return self.target.update(pad_actions(self.sample_target(), self.joint_dim))
         src = self.sources[self.counters["selected"]].agent
-        post, metrics = self.target.world_model_step(self.sample_target(),
-                                                     extra_loss=state_alignment_hook(src, self.cfg))
+        align = state_alignment_hook(src, self.cfg)  # stage A on the target world model
         if wm_only:
-            return metrics
-        metrics.update(self.target.behaviour_step(post, critic_extra=value_constraint_hook(src, self.cfg)))
-        self.target.finish_update()
-        return metrics
+            return self.target.world_model_step(self.sample_target(), extra_loss=align)[1]
+        return self.target.update(self.sample_target(), wm_hook=align, critic_hook=value_constraint_hook(src, self.cfg))
 
     def evaluate_target(self) -> None:
         """Evaluate the target policy in the target env, if there is one, and log the offline
@@ -284,53 +281,55 @@ class CoWorldTrainer:
         if not self.finetune:  # (DV2 Finetune's model reads padded actions: no diagnostics on raw data)
             log_openloop(self.session, self.target, self.target_replay, step, prefix="target_")
 
-    # -- the loop --------------------------------------------------------------------------
+    # -- the Trainer of coworld.run.loop: position in progress units, one schedule step per call ------
+    def position(self) -> int:
+        return self.counters["units"]
+
+    def begin(self) -> None:
+        self.write_schedule()
+
+    def step(self) -> dict | None:
+        c = self.counters
+        phase = self.schedule[c["phase"]]
+        if c["done"] == 0:
+            if phase.select:
+                self.select(c["units"])
+            if phase.evaluate:
+                self.evaluate_target()
+        if phase.kind in ("prefill", "source"):
+            i = phase.source if phase.source >= 0 else c["selected"]
+            updates_before = self.sources[i].agent.updates
+            metrics = self.source_step(i, phase)
+            c["phase_updates"][c["phase"]] += self.sources[i].agent.updates - updates_before
+            self.tag = f"source{i}/"
+        else:
+            metrics = self.target_update(wm_only=phase.kind == "target_wm")
+            c["phase_updates"][c["phase"]] += 1
+            self.tag = "target/"
+        if metrics:
+            self.session.watch(metrics)  # NaN/inf stops the run cleanly (docs/reliability.md)
+        self.step_metrics = metrics
+        c["done"] += 1
+        c["units"] += phase.cost
+        if c["done"] == phase.length:
+            c["phase"], c["done"] = c["phase"] + 1, 0
+        return metrics
+
+    def log(self, position: int, metrics: dict) -> None:
+        # training metrics are logged only by a step that made an update, under that update's agent
+        if self.step_metrics:
+            self.session.logger.scalars(position, {**self.step_metrics, "phase": self.counters["phase"]},
+                                        prefix=self.tag)
+
+    def evaluate(self, position: int) -> None:
+        pass  # evaluations come before each target block (step) and at the end (final)
+
+    def final(self) -> None:
+        self.evaluate_target()
+        self.write_schedule()
+
     def run(self) -> int:
-        session, c = self.session, self.counters
-        comps = self.components()
-        c.update(session.restore(comps))
-        logger = session.start(c["units"])
-        if not session.resuming:  # from now on a killed run always has a checkpoint to resume from
-            session.save(comps, c)
-        self.write_schedule()
-        do_log, do_ckpt = Periodic(self.cfg.train.log_every), Periodic(self.cfg.train.checkpoint_every)
-        metrics: dict = {}
-        while c["phase"] < len(self.schedule) and not session.stopping:
-            phase = self.schedule[c["phase"]]
-            before = c["units"]
-            if c["done"] == 0:
-                if phase.select:
-                    self.select(before)
-                if phase.evaluate:
-                    self.evaluate_target()
-            if phase.kind in ("prefill", "source"):
-                i = phase.source if phase.source >= 0 else c["selected"]
-                updates_before = self.sources[i].agent.updates
-                step_metrics = self.source_step(i, phase)
-                c["phase_updates"][c["phase"]] += self.sources[i].agent.updates - updates_before
-                tag = f"source{i}/"
-            else:
-                step_metrics = self.target_update(wm_only=phase.kind == "target_wm")
-                c["phase_updates"][c["phase"]] += 1
-                tag = "target/"
-            if step_metrics:
-                session.watch(step_metrics)  # NaN/inf stops the run cleanly (docs/reliability.md)
-            metrics = step_metrics or metrics
-            c["done"] += 1
-            c["units"] += phase.cost
-            if c["done"] == phase.length:
-                c["phase"], c["done"] = c["phase"] + 1, 0
-            after = c["units"]
-            # training metrics are logged only by a step that made an update, under that update's agent
-            if do_log(before, after) and step_metrics:
-                logger.scalars(after, {**step_metrics, "phase": c["phase"]}, prefix=tag)
-            logger.progress(after)
-            if do_ckpt(before, after):
-                session.save(comps, c, metrics)
-        if not session.stopping:
-            self.evaluate_target()
-        self.write_schedule()
-        return finish(session, comps, c)
+        return run_loop(self.session, self)
 
     def write_schedule(self) -> None:
         """schedule.json: the phases, with the gradient updates each has made so far."""

@@ -1,10 +1,9 @@
-"""Training loops for the single-agent algorithms: online Dreamer and Offline DV2.
+"""The single-agent trainers (online Dreamer, offline training) over the one loop of
+:mod:`coworld.run.loop`, and what every trainer shares: envs for a run, input checks, evaluation
+and diagnostics logging.
 
-Units of ``steps``: agent (environment) steps for online Dreamer, gradient
-updates for the offline algorithms. Every loop body is ordered
-[act/update -> evaluate -> log -> checkpoint], and a checkpoint is written at
-the end of a loop iteration, so a resumed run continues exactly where the saved
-one would have; evaluation runs on its own RNG stream and never changes training.
+Units of ``steps``: agent (environment) steps for online Dreamer, gradient updates for the offline
+algorithms. Evaluation runs on its own RNG stream and never changes training.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from coworld import envs
 from coworld.data.replay import Replay
 from coworld.run.diagnostics import offline_diagnostics
 from coworld.run.openloop import openloop_strip
-from coworld.run.plots import plot_run
+from coworld.run.loop import BaseTrainer, run_loop
 from coworld.errors import UserError
 from coworld.run.driver import Collector, evaluate
 from coworld.run.session import Session, track
@@ -101,27 +100,21 @@ def updates_due(train_cfg, step: int, ready: bool, pretrained: bool) -> tuple[in
     return int(step % train_cfg.train_every == 0), True
 
 
-class Periodic:
-    """Fires when a counter crosses a multiple of ``every`` (0 = never); stateless, so resume-safe."""
-
-    def __init__(self, every: int):
-        self.every = every
-
-    def __call__(self, before: int, after: int) -> bool:
-        return self.every > 0 and after // self.every > before // self.every
-
-
 def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", index: int = 1) -> dict:
     """Evaluate, log, and write a GIF on every ``video_every``-th evaluation (``index`` counts them)."""
     cfg = session.cfg
     video = cfg.train.video_every > 0 and index % cfg.train.video_every == 0
     result = evaluate(agent, env, episodes=cfg.train.eval_episodes, seed=cfg.seed + 10_000 + step, video=video,
-                      gamma=cfg.behaviour.gamma, value_steps=cfg.train.value_steps)
+                      gamma=cfg.behaviour.gamma if hasattr(agent, "policy_value") else None,
+                      value_steps=cfg.train.value_steps)
     stats = summarize(result["returns"])
-    metrics = {"return": stats["mean"], "return_std": stats["std"],
-               "value_estimate": float(np.mean(result["value_estimate"])),
-               "true_return": float(np.mean(result["true_return"]))}
-    metrics["overestimation"] = metrics["value_estimate"] - metrics["true_return"]
+    metrics = {"return": stats["mean"], "return_std": stats["std"]}
+    value_text = ""
+    if "value_estimate" in result:  # agents with a critic: the Fig. 5b measure
+        metrics["value_estimate"] = float(np.mean(result["value_estimate"]))
+        metrics["true_return"] = float(np.mean(result["true_return"]))
+        metrics["overestimation"] = metrics["value_estimate"] - metrics["true_return"]
+        value_text = f"; value {metrics['value_estimate']:.1f} vs true {metrics['true_return']:.1f}"
     if "successes" in result:
         metrics["success"] = float(np.mean(result["successes"]))
     session.logger.scalars(step, metrics, prefix=f"{tag}/")
@@ -130,8 +123,7 @@ def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", i
     if video and "frames" in result:
         session.logger.video(step, f"{tag}_policy", result["frames"])
     session.logger.write(f"[{tag} @ {step}] return {stats['mean']:.1f} +- {stats['std']:.1f} "
-                         f"over {cfg.train.eval_episodes} episodes; value {metrics['value_estimate']:.1f} "
-                         f"vs true {metrics['true_return']:.1f}")
+                         f"over {cfg.train.eval_episodes} episodes{value_text}")
     return metrics
 
 
@@ -147,100 +139,109 @@ def log_openloop(session: Session, agent, replay, step: int, prefix: str = "") -
     session.logger.scalars(step, offline_diagnostics(agent, batch, cfg.behaviour.gamma), prefix=f"{prefix}offline/")
 
 
-def finish(session: Session, components: dict, counters: dict) -> int:
-    code = session.finish(components, counters)
-    plot = plot_run(session.dir)
-    print(f"plots: {plot}")
-    return code
-
-
 def log_train(session: Session, step: int, metrics: dict, extra: dict) -> None:
     values = session.logger.scalars(step, {**metrics, **extra}, prefix="train/")
     session.logger.progress(step, **{k: values[f"train/{k}"] for k in ("return",) if f"train/{k}" in values})
 
 
-def train_dreamer(session: Session, agent, env_id: str) -> int:
-    """Online DreamerV2 (SPEC 4, 8): prefill, train every k steps, first-call burst, replay on disk."""
-    cfg = session.cfg
-    env = make_env(cfg, env_id)
-    eval_env = make_env(cfg, env_id)
-    replay = Replay(session.dir / "replay", seed=cfg.seed, readonly=False)
-    collector = Collector(env, replay, seed=cfg.seed, action_dim=agent.action_dim)
-    components = {"agent": agent, "replay": replay, "collector": collector}
-    counters = {"pretrained": False}
-    counters.update(session.restore(components))
-    logger = session.start(collector.steps)
-    if not session.resuming:  # from now on a killed run always has a checkpoint to resume from
-        session.save(components, counters)
-    do_eval, do_log = Periodic(cfg.train.eval_every), Periodic(cfg.train.log_every)
-    do_ckpt = Periodic(cfg.train.checkpoint_every)
-    metrics: dict = {}
-    logger.rate("env", collector.steps)
-    logger.rate("updates", agent.updates)
-    while collector.steps < session.total and not session.stopping:
-        before = collector.steps
-        episode = collector.step(agent if before >= cfg.train.prefill else None, noise=cfg.train.expl_noise)
+class OnlineTrainer(BaseTrainer):
+    """Online DreamerV2 (docs/algorithms.md#behaviour-learning): random prefill, one update every
+    ``train_every`` agent steps after a first-call burst of ``pretrain``, the replay on disk.
+    Position: agent (environment) steps."""
+
+    def __init__(self, session: Session, agent, env_id: str):
+        cfg = self.cfg = session.cfg
+        self.session, self.agent = session, agent
+        self.env, self.eval_env = make_env(cfg, env_id), make_env(cfg, env_id)
+        self.replay = Replay(session.dir / "replay", seed=cfg.seed, readonly=False)
+        self.collector = Collector(self.env, self.replay, seed=cfg.seed, action_dim=agent.action_dim)
+        self.components = {"agent": agent, "replay": self.replay, "collector": self.collector}
+        self.counters = {"pretrained": False}
+
+    def position(self) -> int:
+        return self.collector.steps
+
+    def begin(self) -> None:
+        self.session.logger.rate("env", self.collector.steps)
+        self.session.logger.rate("updates", self.agent.updates)
+
+    def step(self) -> dict | None:
+        cfg, session, collector = self.cfg, self.session, self.collector
+        policy = self.agent if collector.steps >= cfg.train.prefill else None
+        episode = collector.step(policy, noise=cfg.train.expl_noise)
         if episode:
-            logger.scalars(collector.steps, episode, prefix="episode/")
-        ready = collector.steps >= cfg.train.prefill and replay.num_episodes > 0
-        n, counters["pretrained"] = updates_due(cfg.train, collector.steps, ready, counters["pretrained"])
+            session.logger.scalars(collector.steps, episode, prefix="episode/")
+        ready = collector.steps >= cfg.train.prefill and self.replay.num_episodes > 0
+        n, self.counters["pretrained"] = updates_due(cfg.train, collector.steps, ready, self.counters["pretrained"])
+        metrics = None
         for _ in range(n):
-            metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
-                                                 mode=cfg.train.sampling))
+            metrics = self.agent.update(self.replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
+                                                           mode=cfg.train.sampling))
             session.watch(metrics)
         if n:
             session.check_updates()  # the flag is read before the updated policy acts
-        after = collector.steps
-        if do_eval(before, after):
-            run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
-            log_openloop(session, agent, replay, after)
-        if do_log(before, after) and metrics:
-            extra = {"env_steps_per_s": logger.rate("env", after), "updates_per_s": logger.rate("updates", agent.updates),
-                     "updates": agent.updates, "replay_steps": replay.num_steps}
-            if collector.last_episode:
-                extra["return"] = collector.last_episode["return"]
-            log_train(session, after, metrics, {k: v for k, v in extra.items() if v is not None})
-        logger.progress(after)
-        if do_ckpt(before, after):
-            session.save(components, counters, metrics)
-    if not session.stopping:
-        run_evaluation(session, agent, eval_env, collector.steps)
-    return finish(session, components, counters)
+        return metrics
+
+    def evaluate(self, position: int) -> None:
+        run_evaluation(self.session, self.agent, self.eval_env, position, index=position // self.cfg.train.eval_every)
+        log_openloop(self.session, self.agent, self.replay, position)
+
+    def log(self, position: int, metrics: dict) -> None:
+        if not metrics:
+            return
+        logger = self.session.logger
+        extra = {"env_steps_per_s": logger.rate("env", position), "updates_per_s": logger.rate("updates", self.agent.updates),
+                 "updates": self.agent.updates, "replay_steps": self.replay.num_steps}
+        if self.collector.last_episode:
+            extra["return"] = self.collector.last_episode["return"]
+        log_train(self.session, position, metrics, {k: v for k, v in extra.items() if v is not None})
+
+    def final(self) -> None:
+        run_evaluation(self.session, self.agent, self.eval_env, self.collector.steps)
+
+
+class OfflineTrainer(BaseTrainer):
+    """Training on a fixed dataset (Offline DV2, or any agent with ``update(batch)``). The env, when
+    given, is used only for evaluation; agents with a world model also get the offline diagnostics.
+    Position: gradient updates."""
+
+    def __init__(self, session: Session, agent, dataset: str | Path, env_id: str | None):
+        cfg = self.cfg = session.cfg
+        self.session, self.agent = session, agent
+        self.replay = Replay(dataset, seed=cfg.seed)
+        self.eval_env = make_env(cfg, env_id) if env_id else None
+        self.components = {"agent": agent, "replay": self.replay}
+        self.counters: dict = {}
+
+    def position(self) -> int:
+        return self.agent.updates
+
+    def begin(self) -> None:
+        self.session.logger.rate("updates", self.agent.updates)
+
+    def step(self) -> dict:
+        t = self.cfg.train
+        metrics = self.agent.update(self.replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling))
+        self.session.watch(metrics)
+        return metrics
+
+    def evaluate(self, position: int) -> None:  # without an env: the offline diagnostics alone
+        if self.eval_env is not None:
+            run_evaluation(self.session, self.agent, self.eval_env, position, index=position // self.cfg.train.eval_every)
+        if hasattr(self.agent, "wm"):
+            log_openloop(self.session, self.agent, self.replay, position)
+
+    def log(self, position: int, metrics: dict) -> None:
+        log_train(self.session, position, metrics, {"updates_per_s": self.session.logger.rate("updates", position) or 0.0})
+
+    def final(self) -> None:
+        if self.eval_env is not None:
+            run_evaluation(self.session, self.agent, self.eval_env, self.agent.updates)
+
+
+def train_dreamer(session: Session, agent, env_id: str) -> int:
+    return run_loop(session, OnlineTrainer(session, agent, env_id), eval_every=session.cfg.train.eval_every)
 
 
 def train_offline(session: Session, agent, dataset: str | Path, env_id: str | None) -> int:
-    """Offline training on a fixed dataset (Offline DV2, or plain DV2 with penalty 0).
-
-    The environment, when given, is used only for evaluation.
-    """
-    cfg = session.cfg
-    replay = Replay(dataset, seed=cfg.seed)
-    eval_env = make_env(cfg, env_id) if env_id else None
-    components = {"agent": agent, "replay": replay}
-    session.restore(components)
-    logger = session.start(agent.updates)
-    if not session.resuming:
-        session.save(components, {})
-    do_eval, do_log = Periodic(cfg.train.eval_every), Periodic(cfg.train.log_every)
-    do_ckpt = Periodic(cfg.train.checkpoint_every)
-    metrics: dict = {}
-    logger.rate("updates", agent.updates)
-    while agent.updates < session.total and not session.stopping:
-        before = agent.updates
-        metrics = agent.update(replay.sample(cfg.train.batch, cfg.train.length, device=session.device, mode=cfg.train.sampling))
-        session.watch(metrics)
-        after = agent.updates
-        if do_eval(before, after):  # without an env: the offline diagnostics alone
-            session.check_updates()
-            if eval_env is not None:
-                run_evaluation(session, agent, eval_env, after, index=after // cfg.train.eval_every)
-            log_openloop(session, agent, replay, after)
-        if do_log(before, after):
-            log_train(session, after, metrics, {"updates_per_s": logger.rate("updates", after) or 0.0})
-        logger.progress(after)
-        if do_ckpt(before, after):
-            session.save(components, {}, metrics)
-    if eval_env is not None and not session.stopping:
-        session.check_updates()
-        run_evaluation(session, agent, eval_env, agent.updates)
-    return finish(session, components, {})
+    return run_loop(session, OfflineTrainer(session, agent, dataset, env_id), eval_every=session.cfg.train.eval_every)

@@ -21,7 +21,7 @@ def test_updates_due_follows_prefill_burst_then_every_k():
 
 
 def test_periodic_fires_once_per_multiple_crossed():
-    from coworld.run.train import Periodic
+    from coworld.run.loop import Periodic
 
     every3 = Periodic(3)
     assert [every3(s, s + 1) for s in range(7)] == [False, False, True, False, False, True, False]
