@@ -1,7 +1,7 @@
 """Episode files: the on-disk format, atomic writes, the dataset.json sidecar and EpisodeBuilder.
 
 The native format is the one the community already uses (V-D4RL 64px, the CoWorld authors' data,
-DreamerV2 replays; SPEC section 11), so those datasets load unchanged:
+DreamerV2 replays; docs/algorithms.md#benchmarks-and-data), so those datasets load unchanged:
 
 - one compressed ``.npz`` per episode, named ``{timestamp}-{uuid}-{length}.npz`` where the timestamp
   looks like ``20240101T120000``, the uuid is 32 hex digits and ``length`` is T, the number of agent

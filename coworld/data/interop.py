@@ -1,7 +1,7 @@
 """Import and export of community dataset formats (docs/collection.md, "Interop").
 
 - ``npz``: directories of per-episode ``.npz`` files (V-D4RL 64px, the CoWorld authors' data,
-  DreamerV2 replays; SPEC section 11). They already load natively; importing copies them into a
+  DreamerV2 replays; docs/algorithms.md#benchmarks-and-data). They already load natively; importing copies them into a
   clean dataset with our file names and a sidecar, and with ``repair="truncate"`` mends the known
   V-D4RL defect of keys of unequal length (500 vs 501 entries) by cutting every key to the shortest.
 - ``vd4rl-hdf5``: V-D4RL 84px HDF5 shards with ``observation (N, 3, 84, 84) uint8``, ``action``,

@@ -11,7 +11,7 @@ probability ``competence`` at each step and at random otherwise. The levels (doc
 - ``expert``: competence 1;
 - ``medium-expert``: alternating medium and expert episodes (half each, as in D4RL);
 - ``medium-replay``: competence rising linearly from 0 to the medium competence across the episodes,
-  like the replay of an agent learning until it first reaches a medium score (SPEC section 11).
+  like the replay of an agent learning until it first reaches a medium score (docs/algorithms.md#benchmarks-and-data).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""DeepMind Control tasks with the paper's target variants (SPEC section 11).
+"""DeepMind Control tasks with the paper's target variants (docs/algorithms.md#benchmarks-and-data).
 
 Ids: ``dmc:walker_walk``, ``dmc:walker_run``, ``dmc:cheetah_run`` (sources) and the targets
 ``dmc:{walker,cheetah}_{downhill,uphill}``, ``dmc:walker_nofoot``, ``dmc:cheetah_nopaw``.

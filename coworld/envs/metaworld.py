@@ -1,4 +1,4 @@
-"""Meta-World v3 tasks (SPEC section 11): sources and targets of the paper's Meta-World pairs.
+"""Meta-World v3 tasks (docs/algorithms.md#benchmarks-and-data): sources and targets of the paper's Meta-World pairs.
 
 Ids: ``metaworld:door-close``, ``metaworld:button-press``, ``metaworld:window-close``,
 ``metaworld:handle-press``, ``metaworld:drawer-close``, ``metaworld:button-press-topdown``

@@ -1,4 +1,4 @@
-"""RoboDesk targets (SPEC section 11): a Franka Panda arm at a desk, driven through inverse kinematics.
+"""RoboDesk targets (docs/algorithms.md#benchmarks-and-data): a Franka Panda arm at a desk, driven through inverse kinematics.
 
 Ids: ``robodesk:push_green``, ``robodesk:open_slide``, ``robodesk:open_drawer``,
 ``robodesk:upright_block_off_table``. Dense rewards in [0, 1] per step, 500-step episodes,

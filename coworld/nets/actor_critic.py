@@ -1,4 +1,4 @@
-"""Actor and critic MLPs on world-model features (SPEC section 4)."""
+"""Actor and critic MLPs on world-model features (docs/algorithms.md#behaviour-learning)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from coworld.nets.world_model import gaussian_std, mlp
 
 
 class Actor(nn.Module):
-    """Tanh-mean Gaussian policy: mean = tanh(x_mu), std = 2 * sigmoid(x_s / 2) + min_std (SPEC 4).
+    """Tanh-mean Gaussian policy: mean = tanh(x_mu), std = 2 * sigmoid(x_s / 2) + min_std (docs/algorithms.md#behaviour-learning).
 
     Samples are unbounded; whoever sends actions to an environment or stores them clips
     to [-1, 1] (see :meth:`DreamerAgent.act`).

@@ -1,4 +1,4 @@
-"""Dataset collection from the replay of an agent learning online (SPEC section 11; docs/collection.md).
+"""Dataset collection from the replay of an agent learning online (docs/algorithms.md#benchmarks-and-data; docs/collection.md).
 
 The paper's DMC datasets are replays: every transition a DreamerV2 agent collected while it trained
 online on the target task, kept until the agent first reached a level. ``collect_dataset`` does

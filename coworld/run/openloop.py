@@ -1,7 +1,7 @@
 """Open-loop video prediction: how far ahead can the world model imagine the true future?
 
 For a few sequences of a replay batch the posterior filters the first ``context`` frames
-(SPEC 3: q(z_t | h_t, e_t)); from the last filtered state the prior alone is rolled forward
+(docs/algorithms.md#world-model: q(z_t | h_t, e_t)); from the last filtered state the prior alone is rolled forward
 with the TRUE actions the data took (p(z_t | h_t), no images seen). Every latent state is
 decoded to the decoder's mean image. The result is tiled into one picture, three rows per
 sequence: the real frames, the model's frames (reconstructions for the first ``context``

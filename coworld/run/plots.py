@@ -117,7 +117,7 @@ def panel_domain_kl(ax, records) -> bool:
     chosen = [(s, v) for s, v in chosen if is_number(v)]
     if chosen:
         ax.scatter(*zip(*chosen), marker="*", s=120, color="black", zorder=3, label="selected")
-    ax.set_title("domain KL per source (SPEC 9)")
+    ax.set_title("domain KL per source (docs/algorithms.md#multi-source)")
     return bool(keys)
 
 

@@ -87,7 +87,7 @@ def summarize(values) -> dict:
 
 
 def updates_due(train_cfg, step: int, ready: bool, pretrained: bool) -> tuple[int, bool]:
-    """Gradient updates to make after agent step ``step`` of online training (SPEC 4, 8).
+    """Gradient updates to make after agent step ``step`` of online training (docs/algorithms.md#behaviour-learning).
 
     None until ``ready`` (prefill done and a finished episode in the replay); then a burst of
     ``pretrain`` updates on the first training call; then one every ``train_every`` steps.
