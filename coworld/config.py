@@ -16,6 +16,7 @@ string, so ``--set model.latent=discrete`` works without quotes.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ class ConfigError(UserError):
 
 @dataclass
 class ModelConfig:
-    """DreamerV2 world model (SPEC section 3)."""
+    """DreamerV2 world model (docs/algorithms.md#world-model)."""
 
     depth: int = 32  # conv encoder/decoder base channels d (layers d, 2d, 4d, 8d)
     latent: str = "gaussian"  # "gaussian" (stoch dims) or "discrete" (stoch categoricals x classes)
@@ -47,7 +48,7 @@ class ModelConfig:
     discount_head: bool = False  # predict episode continuation (off in the paper configs)
     discount_layers: int = 3
     kl_balance: float = 0.8  # alpha_kl on KL(sg q || p); 1 - alpha on KL(q || sg p)
-    free_nats: float = 1.0  # applied to the batch-mean KL (SPEC 3)
+    free_nats: float = 1.0  # applied to the batch-mean KL (docs/algorithms.md#world-model)
     kl_scale: float = 1.0
     reward_scale: float = 1.0  # c_r: 1 for Meta-World / RoboDesk, 2 for DMC
     discount_scale: float = 1.0
@@ -58,7 +59,7 @@ class ModelConfig:
 
 @dataclass
 class BehaviourConfig:
-    """Actor-critic learning in imagination (SPEC section 4)."""
+    """Actor-critic learning in imagination (docs/algorithms.md#behaviour-learning)."""
 
     horizon: int = 15  # imagination steps H
     gamma: float = 0.99  # discount (0.99 released code, 0.995 paper table)
@@ -119,7 +120,7 @@ class EnvConfig:
 
 @dataclass
 class CoWorldConfig:
-    """CoWorld's collaborative terms and schedule (SPEC sections 5-9)."""
+    """CoWorld's collaborative terms and schedule (docs/algorithms.md#stage-a to #multi-source)."""
 
     beta2: float = 1.0  # weight of the state-alignment KL, Eq. 3 (per-frame mean; see align_scale)
     align_scale: str = "released"  # "released": multiply per-frame mean by L (sum over time, as released code)
@@ -212,12 +213,15 @@ def _apply(obj: Any, data: dict, where: str) -> None:
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"unknown setting {where}.{key}; known: {', '.join(sorted(names))}")
+            close = difflib.get_close_matches(key, names, n=1)
+            path = f"{where}.{key}" if where else key
+            hint = f"; did you mean {path[: -len(key)]}{close[0]}?" if close else ";"
+            raise ConfigError(f"unknown setting {path}{hint} known here: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}.{key} is a section; set its fields, e.g. {key}.<name>=...")
-            _apply(current, value, f"{where}.{key}")
+            _apply(current, value, f"{where}.{key}" if where else key)
         else:
             setattr(obj, key, _coerce(value, current, f"{where}.{key}"))
 
@@ -280,7 +284,7 @@ def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (
     _apply(cfg, data, where=preset)
     cfg.preset = preset
     for text in overrides:
-        _apply(cfg, parse_override(text), where="--set")
+        _apply(cfg, parse_override(text), where="")
     validate(cfg)
     return cfg
 

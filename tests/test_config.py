@@ -30,7 +30,7 @@ DOCUMENTED = {
         "model.latent": "gaussian", "model.free_nats": 0.1, "model.lr": 1e-3, "behaviour.actor_lr": 4e-4,
         "behaviour.critic_lr": 4e-4, "train.eval_episodes": 10,
     },
-    "coworld-official": {  # released code, SPEC 5-8
+    "coworld-official": {  # released code, docs/algorithms.md#stage-a to #schedule
         "coworld.alpha": 1.5, "coworld.k": 0.3, "coworld.beta2": 1.0, "coworld.align_scale": "released",
         "coworld.eta_schedule": "frozen", "coworld.eta_frozen": 0.975, "coworld.block_steps": 10000,
         "coworld.warmup_blocks": 3, "coworld.wm_warmup_rounds": 2, "coworld.wm_warmup_updates": 10000,
@@ -72,6 +72,8 @@ def test_overrides_parse_toml_literals_and_bare_words():
 
 @pytest.mark.parametrize("override, message", [
     ("model.nope=1", "unknown setting"),
+    ("model.detr=3", "did you mean model.deter"),
+    ("modle.deter=3", "did you mean model"),
     ("model.deter=big", "integer"),
     ("model.latent=cube", "must be one of"),
     ("model", "section.key=value"),

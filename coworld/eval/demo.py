@@ -5,8 +5,8 @@ then trains, on the same data and with the same number of target updates,
 
 - CoWorld, with the built-in source ``reach-src`` (other colours and background, a
   mirrored camera, heavier and drifting dynamics, a third action dimension),
-- Offline DV2 (the offline-only baseline, SPEC 10),
-- DV2 Finetune (pretrain in the source, finetune on the target data, SPEC 10),
+- Offline DV2 (the offline-only baseline, docs/algorithms.md#offline-dv2),
+- DV2 Finetune (pretrain in the source, finetune on the target data, docs/algorithms.md#dv2-finetune),
 
 for a few seeds, two runs at a time (one per core), and prints a results table
 (final evaluation return, mean +- std over seeds, episodes per evaluation stated,
@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from coworld.config import load_config
 from coworld.errors import UserError
 from coworld.run import registry
 
@@ -99,7 +100,10 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             # offline algorithms count updates: the same number of target updates as CoWorld makes
             offline = "dataset" in algo.needs
             args += ["--steps", str(updates if offline else source_steps)]
-            extra = EXTRA.get(name, []) + ([f"train.eval_every={updates // 6}"] if offline else [])
+            # about 6 evaluations per run: offline runs count updates, co-training runs progress units
+            # (a target update is train_every units)
+            every = updates // 6 if offline else updates // 6 * load_config(preset).train.train_every
+            extra = EXTRA.get(name, []) + [f"train.eval_every={every}"]
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
@@ -170,8 +174,6 @@ def _raise_interrupt(signum, frame):
 
 def main(args) -> int:
     import signal
-
-    from coworld.config import load_config
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     from coworld.eval.report import aggregate, plot_comparison, reading, results_json, results_table, run_result

@@ -87,6 +87,10 @@ def train(algo: str, logdir, steps: int, *, preset: str = "tiny", overrides=(), 
     if steps <= 0:
         raise UserError("--steps must be positive")
     _check_inputs(spec, inputs)
+    for key in ("env", "target_env"):
+        if key in spec.optional and not inputs[key]:
+            print(f"note: no --{key.replace('_', '-')}: the policy is not evaluated in an environment; the run "
+                  "reports offline diagnostics on its dataset instead (docs/algorithms.md#diagnostics)", flush=True)
     cfg = load_config(preset, list(overrides) + [f"seed={seed}"], defaults=spec.defaults)
     cfg.coworld.state_align &= not no_state_align
     cfg.coworld.reward_align &= not no_reward_align

@@ -199,7 +199,7 @@ class CoWorldTrainer:
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
         self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0, "evals": 0,
-                         "pretrained": [False] * len(self.sources), "aligned": 0,
+                         "pretrained": [False] * len(self.sources), "aligned": 0, "last_eval": 0,
                          "phase_updates": [0] * len(self.schedule)}
         self.components = self.checkpointed()
         self.tag, self.step_metrics = "target/", None
@@ -270,6 +270,17 @@ class CoWorldTrainer:
             return self.target.world_model_step(self.sample_target(), extra_loss=align)[1]
         return self.target.update(self.sample_target(), wm_hook=align, critic_hook=value_constraint_hook(src, self.cfg))
 
+    def evaluation_due(self) -> bool:
+        """Before a target block: at the first one, then once ``train.eval_every`` progress units
+        have passed since the last evaluation (a target update counts train_every units, so
+        coworld-official's 10,000 is every 2,000 updates: every block, as released). The number of
+        evaluations thus scales with the run instead of being one per block at any --steps."""
+        c = self.counters
+        if c["evals"] == 0 or c["units"] - c["last_eval"] >= self.cfg.train.eval_every:
+            c["last_eval"] = c["units"]
+            return True
+        return False
+
     def evaluate_target(self) -> None:
         """Evaluate the target policy in the target env, if there is one, and log the offline
         diagnostics on the target dataset; logged against the number of target updates so far."""
@@ -294,7 +305,7 @@ class CoWorldTrainer:
         if c["done"] == 0:
             if phase.select:
                 self.select(c["units"])
-            if phase.evaluate:
+            if phase.evaluate and self.evaluation_due():
                 self.evaluate_target()
         if phase.kind in ("prefill", "source"):
             i = phase.source if phase.source >= 0 else c["selected"]

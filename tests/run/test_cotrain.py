@@ -163,6 +163,9 @@ def test_small_run_makes_updates_in_every_stage_and_logs_them_under_their_agent(
     # no training metrics from a step without an update: the prefill logs none
     prefill_units = schedule[0]["length"]
     assert not any(k.startswith("source0/model/") for r in lines if r["step"] <= prefill_units for k in r)
+    # evaluations scale with the run: eval_every (1000 units) exceeds the run, so only the first
+    # target block and the end are evaluated, not all 2 blocks + the end
+    assert sum("target_eval/return" in r for r in lines) == 2
     etas = [v for r in lines for k, v in r.items() if k.endswith("/coworld/eta")]
     # one update every 4 steps: the first falls within 4 steps of the stage's start, the last within 4 of its end
     align = sum(p["length"] for p in schedule if p["kind"] == "source" and p["align"])
@@ -174,7 +177,7 @@ def test_small_run_makes_updates_in_every_stage_and_logs_them_under_their_agent(
 def test_coworld_without_target_env_reports_offline_diagnostics(tmp_path, target_data):
     logdir = tmp_path / "noenv"
     args = ["train", "--algo", "coworld", "--source", "builtin:reach-src", "--target-dataset", str(target_data),
-            "--steps", "60", "--logdir", str(logdir), "--no-progress", *small_sets()]
+            "--steps", "60", "--logdir", str(logdir), "--no-progress", *small_sets(), "--set", "train.eval_every=1"]
     assert main(args) == 0
     lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert not any("target_eval/return" in r for r in lines)

@@ -7,6 +7,7 @@ import signal
 import pytest
 
 from coworld.config import load_config
+from coworld.errors import UserError
 from coworld.run.loop import BaseTrainer, run_loop
 from coworld.run.session import RunFinished, Session
 
@@ -57,8 +58,7 @@ class StubTrainer(BaseTrainer):
 
 def session(logdir, total=10):
     cfg = load_config("tiny", ["train.log_every=3", "train.checkpoint_every=4"])
-    return Session(logdir, run_args={"algo": "stub", "steps": total}, cfg=cfg, total=total, unit="step",
-                   progress=False)
+    return Session(logdir, run_args={"algo": "stub"}, cfg=cfg, total=total, unit="step", progress=False)
 
 
 def counting_saves(s):
@@ -91,6 +91,8 @@ def test_interrupted_loop_resumes_from_its_checkpoint(tmp_path):
     assert saved == [(0, False), (4, False), (6, False)]  # the stop saves where it stopped, unfinished
     assert first.calls["final"] == 0 and first.calls["evaluate"] == [5]
 
+    with pytest.raises(UserError, match="already at step 6; --steps 5 would train nothing"):
+        session(tmp_path / "run", total=5)
     s2 = session(tmp_path / "run")
     saved2, second = counting_saves(s2), StubTrainer(s2)
     assert s2.resuming
