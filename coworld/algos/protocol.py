@@ -1,10 +1,11 @@
 """What the framework asks of an agent (docs/architecture.md, "Agents").
 
 Every agent the loops train and evaluate provides :class:`Agent`. Two capabilities are optional
-and detected by attribute: a world model (``wm`` and ``posterior(batch)``; the loops then log
-open-loop predictions and the offline diagnostics) and a critic (``policy_value(state)``; the
-evaluations then measure value overestimation, paper Fig. 5b). A model-free agent without them
-trains and evaluates through the same offline loop.
+and detected by attribute: a world model (``wm``, ``posterior(batch)``, ``value(feat)`` and
+``device``, as :class:`coworld.algos.dreamer.DreamerAgent` has them; the loops then log open-loop
+predictions and the offline diagnostics) and a critic (``policy_value(state)``; the evaluations then
+measure value overestimation, paper Fig. 5b). A model-free agent without them trains and evaluates
+through the same offline loop.
 """
 
 from __future__ import annotations

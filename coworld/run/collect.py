@@ -36,6 +36,7 @@ import fcntl
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from coworld.data.replay import Replay
 from coworld.errors import UserError
 from coworld.run.checkpoint import generator_state, load_checkpoint, rng_state, save_checkpoint, set_generator_state, set_rng_state
 from coworld.run.driver import Collector, evaluate
+from coworld.run.loop import BaseTrainer, run_loop
 
 COLLECT_LEVELS = ("medium-replay", "medium-expert")
 COLLECTORS = ("sac-state", "dreamer")
@@ -289,13 +291,101 @@ def _collect_lock(out: Path):
         os.close(fd)
 
 
+class CollectionRun:
+    """The run side of a collection for :func:`coworld.run.loop.run_loop`: its checkpoint lives in the
+    dataset's working directory (``.collect/checkpoint.pt``), progress is a tqdm bar, and at the end
+    the checkpoint is kept (a larger ``--max-steps`` continues) or removed (level reached)."""
+
+    def __init__(self, out: Path, checkpoint_every: int, progress_bar):
+        self.dir, self.ckpt_path = out, out / CHECKPOINT_DIR / "checkpoint.pt"
+        self.cfg = SimpleNamespace(train=SimpleNamespace(log_every=0, checkpoint_every=checkpoint_every))
+        self.resuming = self.ckpt_path.exists()
+        self.total, self.stopping, self.complete = float("inf"), False, False
+        self.bar = progress_bar
+
+    def restore(self, components: dict) -> dict:
+        if not self.resuming:
+            return {}
+        ck = load_checkpoint(self.ckpt_path)
+        components["replay"].load_state_dict(ck["replay"])
+        components["learner"].load_state_dict(ck["learner"], self.dir)
+        components["collector"].load_state_dict(ck["collector"])
+        set_rng_state(ck["rng"])
+        return {"evaluations": [list(e) for e in ck["evaluations"]], "last_eval": int(ck["last_eval"])}
+
+    def start(self, position: int):
+        return self
+
+    def progress(self, position: int) -> None:
+        if self.bar is not None:
+            self.bar.update(position - self.bar.n)
+
+    def check_updates(self) -> None:
+        pass
+
+    def save(self, components: dict, counters: dict, metrics=None, finished: bool = False) -> None:
+        if self.complete:
+            return  # the level is reached: nothing left to resume
+        self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.ckpt_path, {
+            "replay": components["replay"].state_dict(), "learner": components["learner"].state_dict(),
+            "collector": components["collector"].state_dict(), "rng": rng_state(),
+            "evaluations": counters["evaluations"], "last_eval": counters["last_eval"],
+        })
+
+    def finish(self, components: dict, counters: dict) -> int:
+        if self.bar is not None:
+            self.bar.close()
+        if self.complete:
+            shutil.rmtree(self.dir / CHECKPOINT_DIR, ignore_errors=True)
+        else:
+            self.save(components, counters)  # a larger --max-steps continues from here
+        return 0
+
+
+class CollectionTrainer(BaseTrainer):
+    """One agent step of the collector and the learner's due updates; an evaluation at the end of an
+    episode once ``eval_every`` steps have passed; done at the level (complete) or at ``max_steps``."""
+
+    def __init__(self, run: CollectionRun, env, eval_env, replay, learner, seed, *, target, eval_every,
+                 eval_episodes, max_steps, on_eval):
+        self.run, self.eval_env, self.learner, self.seed = run, eval_env, learner, seed
+        self.target, self.eval_every, self.eval_episodes, self.max_steps = target, eval_every, eval_episodes, max_steps
+        self.on_eval = on_eval
+        self.driver = Collector(env, _Sink(replay, learner), seed=seed, action_dim=env.action_space.shape[0])
+        self.components = {"replay": replay, "learner": learner, "collector": self.driver}
+        self.counters = {"evaluations": [], "last_eval": 0}
+        self.status = "running"
+
+    def position(self) -> int:
+        return self.driver.steps
+
+    def done(self) -> bool:
+        return self.status != "running"
+
+    def step(self) -> None:
+        driver, c = self.driver, self.counters
+        episode = driver.step(self.learner.agent if driver.steps >= self.learner.prefill else None)
+        self.learner.train(driver.steps)
+        if episode and driver.steps - c["last_eval"] >= self.eval_every:
+            result = evaluate(self.learner.agent, self.eval_env, episodes=self.eval_episodes,
+                              seed=self.seed + 10_000 + driver.steps)
+            mean = float(np.mean(result["returns"]))
+            c["evaluations"].append([driver.steps, mean])
+            c["last_eval"] = driver.steps
+            if mean >= self.target:
+                self.status, self.run.complete = "complete", True
+            self.on_eval(mean)
+        if self.status == "running" and episode and self.max_steps and driver.steps >= self.max_steps:
+            self.status = "max-steps"
+        return None
+
+
 def _collect(env_id, level, out: Path, settings: dict, made: dict, *, collector, reference_score, seed, max_steps,
              eval_every, eval_episodes, checkpoint_every, progress, preset, device, overrides, learner_options,
              env_options) -> dict:
-    """The collection loop, in the working directory ``out``."""
+    """The collection, in the working directory ``out``, through the one training loop."""
     import coworld.envs as envs
-
-    ckpt_path = out / CHECKPOINT_DIR / "checkpoint.pt"
 
     spec = envs.spec(env_id)
     if made.get("method") == "online-replay":
@@ -319,74 +409,41 @@ def _collect(env_id, level, out: Path, settings: dict, made: dict, *, collector,
     else:
         learner = DreamerLearner(env, replay, seed, preset=preset, device=device, overrides=overrides)
         eval_episodes = eval_episodes or learner.cfg.train.eval_episodes
-    driver = Collector(env, _Sink(replay, learner), seed=seed, action_dim=env.action_space.shape[0])
-    record = {"evaluations": [], "last_eval": 0}
-    if ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)
-        replay.load_state_dict(ck["replay"])
-        learner.load_state_dict(ck["learner"], out)
-        driver.load_state_dict(ck["collector"])
-        set_rng_state(ck["rng"])
-        record = {"evaluations": [list(e) for e in ck["evaluations"]], "last_eval": int(ck["last_eval"])}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=max_steps, unit="step", desc=f"{env_id} {level} ({collector})")
+    run = CollectionRun(out, checkpoint_every, bar)
 
     def collection(status: str) -> dict:
+        record = trainer.counters
         best = max((r for _, r in record["evaluations"]), default=None)
         reached = next((s for s, r in record["evaluations"] if r >= target), None)
         return {
-            "method": "online-replay", **settings, "status": status, "steps": driver.steps,
+            "method": "online-replay", **settings, "status": status, "steps": trainer.driver.steps,
             "reference_score": ref, "reference_source": ref_source, "target_fraction": LEVEL_FRACTION[level],
             "target_return": target, "reached_at_step": reached, "best_eval_return": best,
             "evaluations": record["evaluations"], "eval_every": eval_every, "eval_episodes": eval_episodes,
             "max_steps": max_steps, "learner": learner.settings,
         }
 
-    def save() -> None:
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(ckpt_path, {
-            "replay": replay.state_dict(), "learner": learner.state_dict(), "collector": driver.state_dict(),
-            "rng": rng_state(), "evaluations": record["evaluations"], "last_eval": record["last_eval"],
-        })
+    def on_eval(mean: float) -> None:
+        if bar is not None:
+            bar.set_postfix(eval_return=f"{mean:.1f}", target=f"{target:.1f}")
+        update_sidecar(out, collection=collection("running"))
 
+    trainer = CollectionTrainer(run, env, eval_env, replay, learner, seed, target=target, eval_every=eval_every,
+                                eval_episodes=eval_episodes, max_steps=max_steps, on_eval=on_eval)
     update_sidecar(out, collection=collection("running"), env=env_id, env_options=env_options,
                    observation_space=space_info(env.observation_space), action_space=space_info(env.action_space),
                    action_repeat=env_options.get("action_repeat") or spec.action_repeat)
-    if not ckpt_path.exists():
-        save()  # from the start, so that an early crash also resumes (from step 0)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=max_steps, initial=driver.steps, unit="step", desc=f"{env_id} {level} ({collector})")
-    status = "running"
-    while status == "running":
-        before = driver.steps
-        episode = driver.step(learner.agent if before >= learner.prefill else None)
-        learner.train(driver.steps)
-        if bar is not None:
-            bar.update(1)
-        if episode and driver.steps - record["last_eval"] >= eval_every:
-            result = evaluate(learner.agent, eval_env, episodes=eval_episodes, seed=seed + 10_000 + driver.steps)
-            mean = float(np.mean(result["returns"]))
-            record["evaluations"].append([driver.steps, mean])
-            record["last_eval"] = driver.steps
-            if mean >= target:
-                status = "complete"
-            if bar is not None:
-                bar.set_postfix(eval_return=f"{mean:.1f}", target=f"{target:.1f}")
-            update_sidecar(out, collection=collection("running"))
-        if status == "running" and episode and max_steps and driver.steps >= max_steps:
-            status = "max-steps"
-        if status == "running" and driver.steps // checkpoint_every > before // checkpoint_every:
-            save()
-    if bar is not None:
-        bar.close()
-    env.close()
-    eval_env.close()
-    if status == "complete":
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-    else:
-        save()  # a larger --max-steps continues from here
-    return update_sidecar(out, collection=collection(status))
+    try:
+        run_loop(run, trainer)
+    finally:
+        env.close()
+        eval_env.close()
+    return update_sidecar(out, collection=collection(trainer.status))
 
 
 def _eval_env(env_id: str, collector: str, env_options: dict):

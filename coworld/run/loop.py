@@ -5,7 +5,7 @@ DV2 Finetune) runs through :func:`run_loop`, which owns the life cycle of a run 
     -> repeat until ``position() >= total`` or a stop signal:
          step -> evaluate (every ``eval_every``) -> log (every ``train.log_every``)
               -> progress -> checkpoint (every ``train.checkpoint_every``)
-    -> final evaluation (unless stopped) -> last checkpoint, plots, finished mark.
+    -> final evaluation (unless stopped) -> ``session.finish`` (last checkpoint, finished mark, plots).
 
 A checkpoint is written at the end of an iteration, so a resumed run continues exactly where the
 saved one would have. What an algorithm supplies is a :class:`Trainer`: the state to checkpoint,
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from coworld.run.plots import plot_run
 from coworld.run.session import Session
 
 
@@ -41,6 +40,9 @@ class Trainer(Protocol):
         """One iteration (an env step with its due updates, one update, ...); the metrics of the
         updates it made, or None when it made none."""
 
+    def done(self) -> bool:
+        """True when the run should end before ``total`` (e.g. a collection that reached its level)."""
+
     def begin(self) -> None:
         """Called once the logs are open, before the first step (e.g. to start rate meters)."""
 
@@ -55,6 +57,8 @@ class Trainer(Protocol):
 
 
 def run_loop(session: Session, trainer: Trainer, eval_every: int = 0) -> int:
+    """Run ``trainer`` in ``session`` (a :class:`Session`, or anything with its restore / start /
+    save / finish / check_updates / stopping / total / cfg, such as a dataset collection's run)."""
     cfg = session.cfg
     trainer.counters.update(session.restore(trainer.components))
     logger = session.start(trainer.position())
@@ -64,7 +68,7 @@ def run_loop(session: Session, trainer: Trainer, eval_every: int = 0) -> int:
     do_eval, do_log = Periodic(eval_every), Periodic(cfg.train.log_every)
     do_ckpt = Periodic(cfg.train.checkpoint_every)
     metrics: dict = {}
-    while trainer.position() < session.total and not session.stopping:
+    while trainer.position() < session.total and not session.stopping and not trainer.done():
         before = trainer.position()
         metrics = trainer.step() or metrics
         after = trainer.position()
@@ -79,13 +83,7 @@ def run_loop(session: Session, trainer: Trainer, eval_every: int = 0) -> int:
     if not session.stopping:
         session.check_updates()
         trainer.final()
-    return finish(session, trainer.components, trainer.counters)
-
-
-def finish(session: Session, components: dict, counters: dict) -> int:
-    code = session.finish(components, counters)
-    print(f"plots: {plot_run(session.dir)}")
-    return code
+    return session.finish(trainer.components, trainer.counters)
 
 
 class BaseTrainer:
@@ -96,6 +94,9 @@ class BaseTrainer:
 
     def begin(self) -> None:
         pass
+
+    def done(self) -> bool:
+        return False
 
     def evaluate(self, position: int) -> None:
         pass

@@ -1,8 +1,8 @@
 """The one list of algorithms: for each name, its one-line summary, what ``--steps`` counts, the
 inputs it needs, the settings it brings, how its agent is built, how it trains and how a saved run
-of it is evaluated. The CLI's choices and help, ``coworld.train`` / ``coworld.evaluate``, ``coworld
-bench`` and the demo's methods all read this table; adding an algorithm is one module (its agent
-and losses, in ``coworld/algos``) plus one entry here.
+of it is evaluated. The CLI's choices and help, ``coworld.train`` / ``coworld.evaluate`` and the
+demo's methods read this table (``coworld bench`` times the DreamerV2 updates directly); adding an
+algorithm is one module (its agent and losses, in ``coworld/algos``) plus one entry here.
 """
 
 from __future__ import annotations

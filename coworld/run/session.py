@@ -368,6 +368,9 @@ class Session:
         """Save and close; returns the exit code (130/143 when stopped by a signal)."""
         self.save(components, counters, finished=self.stop_signal is None)
         self.close()
+        from coworld.run.plots import plot_run
+
+        print(f"plots: {plot_run(self.dir)}")
         if self.stop_signal is not None:
             print(f"stopped by signal {self.stop_signal}; saved {self.ckpt_path}. "
                   "Re-run the same command to resume.", flush=True)
