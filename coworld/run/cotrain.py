@@ -51,7 +51,7 @@ from coworld.data.replay import Replay
 from coworld.errors import UserError
 from coworld.run.driver import Collector
 from coworld.run.session import Session
-from coworld.run.loop import run_loop
+from coworld.run.loop import BaseTrainer, run_loop
 from coworld.run.train import check_dataset, log_openloop, make_env, run_evaluation, updates_due
 
 
@@ -164,7 +164,7 @@ class SourceWorker:
                 f"source{i}_collector": self.collector}
 
 
-class CoWorldTrainer:
+class CoWorldTrainer(BaseTrainer):
     """CoWorld (``finetune=False``) or DV2 Finetune (``finetune=True``, one source)."""
 
     def __init__(self, session: Session, source_ids: list[str], target_dataset: str, target_env: str | None,
