@@ -104,7 +104,7 @@ class TrainConfig:
     #   model frozen (V-D4RL: 25,000 then the agent); 0 = world model and agent updated together every step
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     amp: str = "none"  # mixed precision: "none" | "bf16" | "fp16"
-    compile: bool = False  # torch.compile the update functions
+    compile: bool = False  # torch.compile each step's forward+loss (+ its compiled backward); eager = the reference (docs/results.md#update-speed)
     threads: int = 0  # torch CPU threads (0 = torch default)
 
 

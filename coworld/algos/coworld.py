@@ -1,12 +1,13 @@
 """CoWorld: collaborative world models for offline visual RL (NeurIPS 2024).
 
 Part 1 (this part): the three collaborative mechanisms and the multi-source
-selection, each next to the paper equation it implements (SPEC sections 2, 5-7, 9).
+selection, each next to the paper equation it implements (docs/algorithms.md#two-agents, #stage-a, #stage-b,
+#stage-c, #multi-source).
 
     stage A  state alignment          Eq. 3    state_alignment_loss / state_alignment_hook
     stage B  reward alignment         Eqs. 4-5 relabel_reward / eta_at / reward_alignment_hook
     stage C  min-max value constraint Eq. 6    value_constraint_loss / value_constraint_hook
-    actions  source/target adapter    SPEC 2   ActionAdapter
+    actions  source/target adapter    (none)   ActionAdapter
     multi    source selection         App. C   domain_distances / select_source
 
 The hook builders return the callables that plug into a DreamerAgent's updates:
@@ -43,7 +44,7 @@ def embedding_kl(source_embed: torch.Tensor, target_embed: torch.Tensor) -> torc
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-# --- Stage A: offline-to-online state alignment (Eq. 3, SPEC 5) -------------
+# --- Stage A: offline-to-online state alignment (Eq. 3, docs/algorithms.md#stage-a) ---
 
 
 def state_alignment_loss(
@@ -90,7 +91,7 @@ def state_alignment_hook(source_agent, cfg: Config):
     return extra_loss
 
 
-# --- Stage B: online-to-offline reward alignment (Eqs. 4-5, SPEC 7) -------
+# --- Stage B: online-to-offline reward alignment (Eqs. 4-5, docs/algorithms.md#stage-b) ---
 
 
 def relabel_reward(pred_source_reward: torch.Tensor, true_target_reward: torch.Tensor, k: float) -> torch.Tensor:
@@ -153,6 +154,9 @@ def reward_alignment_hook(source_agent, target_batch: dict, eta: float, cfg: Con
     wm = source_agent.wm
     device = next(wm.parameters()).device
     target_batch = {k: v.to(device) for k, v in target_batch.items()}
+    # eta as a 0-d float64 tensor: the same arithmetic as the Python float (the factors are rounded to
+    # the loss's float32 either way), and a compiled update takes it as an input instead of a constant
+    eta_metric, eta = torch.tensor(eta), torch.tensor(eta, dtype=torch.float64, device=device)
 
     def extra_loss(out):
         # NLL_S: the source's own reward term, recomputed on the source posterior features
@@ -167,17 +171,18 @@ def reward_alignment_hook(source_agent, target_batch: dict, eta: float, cfg: Con
         nll_target = reward_nll(pred, relabelled)
         loss = reward_alignment_extra(nll_source, nll_target, eta, cfg.model.reward_scale)
         metrics = {
-            "coworld/eta": torch.tensor(eta),
+            "coworld/eta": eta_metric,
             "coworld/reward_nll_source": nll_source.detach(),
             "coworld/reward_nll_target": nll_target.detach(),
             "coworld/relabelled_reward": relabelled.mean(),
         }
         return loss, metrics
 
+    extra_loss.draws_random = True  # the filter samples latents (see DreamerAgent's add_extra)
     return extra_loss
 
 
-# --- Stage C: min-max value constraint (Eq. 6, SPEC 6) ----------------------
+# --- Stage C: min-max value constraint (Eq. 6, docs/algorithms.md#stage-c) ---------------
 
 
 def value_constraint_loss(
@@ -229,7 +234,7 @@ def value_constraint_hook(source_agent, cfg: Config):
     return critic_extra
 
 
-# --- Action adapter (SPEC 2) ------------------------------------------------
+# --- Action adapter (docs/algorithms.md#two-agents) -------------------------------
 
 
 class ActionAdapter:
@@ -263,7 +268,7 @@ class ActionAdapter:
         return out
 
 
-# --- Multi-source selection (paper Appendix C, SPEC 9) ----------------------
+# --- Multi-source selection (paper Appendix C, docs/algorithms.md#multi-source) ---
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""The DreamerV2 agent: a world-model step (SPEC 3) and behaviour learning in imagination (SPEC 4).
+"""The DreamerV2 agent: a world-model step (docs/algorithms.md#world-model) and behaviour learning in
+imagination (docs/algorithms.md#behaviour-learning).
 
 Reward / state convention used throughout imagination (time-major, H + 1 states s_0..s_H):
 the reward head at state s_t predicts the reward received on *entering* s_t (as in the data,
@@ -10,6 +11,10 @@ rewards, ``reward[t]`` belonging to s_t -> s_{t+1}.
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import time
+import warnings
 
 import numpy as np
 import torch
@@ -21,7 +26,7 @@ from coworld.nets import Actor, Critic, WorldModel
 
 
 def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -> Tensor:
-    """TD(lambda) targets in forward time order (SPEC 4):
+    """TD(lambda) targets in forward time order (docs/algorithms.md#behaviour-learning):
 
         R_t = reward[t] + discount[t] * ((1 - lam) * value[t + 1] + lam * R_{t + 1}),
         R_H = value[H]  (bootstrap with the value of the last imagined state).
@@ -39,7 +44,7 @@ def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -
 
 
 def discount_weights(discount: Tensor) -> Tensor:
-    """w_0 = 1, w_t = prod_{i < t} discount[i] (SPEC 4): (H, N) -> (H + 1, N), detached."""
+    """w_0 = 1, w_t = prod_{i < t} discount[i] (docs/algorithms.md#behaviour-learning): (H, N) -> (H + 1, N), detached."""
     ones = torch.ones_like(discount[:1])
     return torch.cumprod(torch.cat([ones, discount], 0), 0).detach()
 
@@ -57,7 +62,11 @@ class Optimizer:
     """Adam with grad-norm clipping, DreamerV2's weight decay and, for fp16, loss scaling.
 
     Weight decay as in DreamerV2 and V-D4RL: every parameter is multiplied by (1 - wd)
-    before each Adam step (not scaled by the learning rate, unlike AdamW).
+    before each Adam step (not scaled by the learning rate, unlike AdamW). The gradient is that
+    of the loss at the parameters the forward pass used.
+
+    ``step(loss)`` = ``zero_grad()``, ``backward(loss)``, ``apply()``; the agent calls the three
+    parts itself to back-propagate two losses (actor and critic) in one backward pass.
     """
 
     def __init__(self, params, lr, eps, clip, weight_decay=0.0, scaler=False, device="cpu"):
@@ -68,17 +77,27 @@ class Optimizer:
         self.scaler = torch.amp.GradScaler(torch.device(device).type) if scaler else None
 
     def step(self, loss: Tensor) -> Tensor:
-        """Backward, clip, step. Returns the gradient norm before clipping (a tensor, no sync)."""
+        """Backward, decay, clip, step. Returns the gradient norm before clipping (a tensor, no sync)."""
+        self.zero_grad()
+        self.scaled(loss).backward()
+        return self.apply()
+
+    def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        if self.decay != 1.0:
+
+    def scaled(self, loss: Tensor) -> Tensor:
+        """The loss to back-propagate (multiplied by the fp16 loss scale, if any)."""
+        return loss if self.scaler is None else self.scaler.scale(loss)
+
+    def apply(self) -> Tensor:
+        """After backward: weight decay, clip, Adam step. Returns the gradient norm before clipping."""
+        if self.decay != 1.0:  # after backward: the graph saved the parameters the forward pass used
             with torch.no_grad():
                 torch._foreach_mul_(self.params, self.decay)
         if self.scaler is None:
-            loss.backward()
             norm = nn.utils.clip_grad_norm_(self.params, self.clip)
             self.opt.step()
         else:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
             norm = nn.utils.clip_grad_norm_(self.params, self.clip)
             self.scaler.step(self.opt)
@@ -113,13 +132,96 @@ def add_extra(loss: Tensor, hook, inputs: dict, metrics: dict) -> Tensor:
     """``loss + hook(inputs)[0]`` (the hook's metrics go into ``metrics``); ``loss`` when no hook."""
     if hook is None:
         return loss
+    if getattr(hook, "draws_random", False) and torch.compiler.is_compiling():
+        # a hook that samples (stage B filters the target batch) runs as a graph of its own, after
+        # the loss's: inside one graph the compiler may interleave two independent sampling chains,
+        # and the random numbers would no longer go where eager mode puts them
+        torch._dynamo.graph_break()
     extra, extra_metrics = hook(inputs)
     metrics.update(extra_metrics)
     return loss + extra.float()
 
 
+def compile_cache_dir() -> str:
+    """Where inductor keeps compiled kernels and graphs across processes: $TORCHINDUCTOR_CACHE_DIR
+    if set, else $COWORLD_CACHE/inductor, else $XDG_CACHE_HOME/coworld/inductor (~/.cache/...)."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    root = os.environ.get("COWORLD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "coworld")
+    return os.path.join(root, "inductor")
+
+
+_compile_state = {"failed": False, "configured": False}
+# set at import, before anything asks inductor for its cache dir (it then fixes its default in the environment)
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", compile_cache_dir())
+
+
+def _configure_compile() -> None:
+    if _compile_state["configured"]:
+        return
+    _compile_state["configured"] = True
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True  # compiled graphs reused by later processes
+    try:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.enable_autograd_cache = True  # forward + backward graphs too
+    except (ImportError, AttributeError):
+        pass
+    # one compiled entry per agent and hook kind (source / target / multi-source): allow a few more
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+
+
+class CompiledStep:
+    """``fn`` run through ``torch.compile`` (forward and loss; autograd then runs the compiled
+    backward), or eagerly.
+
+    Random numbers come from torch's generator in the same order as in eager mode (inductor's
+    ``fallback_random``), so a compiled update equals the eager one up to float rounding. The
+    first call prints how long compiling took. If compiling fails (no C compiler, an unsupported
+    op) the process warns once and runs every step eagerly from then on.
+    """
+
+    def __init__(self, fn, name: str, enabled: bool):
+        self.fn, self.name, self.enabled = fn, name, enabled
+        self.compiled = None
+        if enabled:
+            _configure_compile()
+            self.compiled = torch.compile(fn, options={"fallback_random": True})
+        self.timed = False
+
+    def __call__(self, *args):
+        if not self.enabled or _compile_state["failed"]:
+            return self.fn(*args)
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        start = time.perf_counter()
+        try:
+            out = self.compiled(*args)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
+            _compile_state["failed"] = True
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}); "
+                          "running the updates eagerly (train.compile=false gives the same results up to "
+                          "float rounding)", RuntimeWarning, stacklevel=2)
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            return self.fn(*args)
+        if not self.timed:
+            self.timed = True
+            print(f"[compile] {self.name}: first call (compilation + one step) {time.perf_counter() - start:.1f} s; "
+                  f"cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR')}", file=sys.stderr, flush=True)
+        return out
+
+
 class DreamerAgent(nn.Module):
-    """DreamerV2: world model, actor, critic, slow critic and their optimizers (SPEC 3-4)."""
+    """DreamerV2: world model, actor, critic, slow critic and their optimizers (docs/algorithms.md#world-model,
+    #behaviour-learning)."""
 
     def __init__(self, cfg: Config, action_dim: int, device="cpu"):
         super().__init__()
@@ -143,9 +245,10 @@ class DreamerAgent(nn.Module):
         self.actor_opt = Optimizer(self.actor.parameters(), b.actor_lr, weight_decay=b.weight_decay, **opt)
         self.critic_opt = Optimizer(self.critic.parameters(), b.critic_lr, weight_decay=b.weight_decay, **opt)
         self.updates = 0
-        if cfg.train.compile:
-            for module in (self.wm.encoder, self.wm.decoder, self.wm.rssm.cell, self.actor):
-                module.compile()
+        # train.compile: the forward pass and loss of each step (hooks included) as one compiled
+        # graph; autograd runs its compiled backward; the optimizer steps stay eager.
+        self._wm_losses = CompiledStep(self.wm_losses, "world-model step", cfg.train.compile)
+        self._behaviour_losses = CompiledStep(self.behaviour_losses, "behaviour step", cfg.train.compile)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -158,13 +261,18 @@ class DreamerAgent(nn.Module):
         """One world-model gradient step on a (B, L) batch. ``extra_loss(out) -> (loss, metrics)``
         is added to the world-model loss before backward. Returns (detached posterior, metrics)."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        loss, post, metrics = self._wm_losses(batch, extra_loss)
+        metrics["model/grad_norm"] = self.model_opt.step(loss)
+        return post, metrics
+
+    def wm_losses(self, batch: dict[str, Tensor], extra_loss=None) -> tuple[Tensor, dict, dict]:
+        """The forward pass of :meth:`world_model_step`: (loss, detached posterior, metrics)."""
         with self.autocast():
             loss, out, metrics = self.wm.loss(batch)
             loss = add_extra(loss, extra_loss, out, metrics)
         metrics["model/loss"] = loss.detach()
-        metrics["model/grad_norm"] = self.model_opt.step(loss)
         post = {k: v.detach() for k, v in out["post"].items()}
-        return post, metrics
+        return loss, post, metrics
 
     @torch.no_grad()
     def posterior(self, batch: dict[str, Tensor]) -> dict:
@@ -178,7 +286,7 @@ class DreamerAgent(nn.Module):
     # ------------------------------------------------------------------ behaviour
 
     def imagine(self, start: dict[str, Tensor], horizon: int) -> dict:
-        """Roll the prior H steps from ``start`` (N, …) with actor samples (SPEC 4).
+        """Roll the prior H steps from ``start`` (N, …) with actor samples (docs/algorithms.md#behaviour-learning).
 
         Returns time-major "state" dict (H + 1, N, …), "feat" (H + 1, N, F), "action"
         (H, N, A) (action[t] taken in s_t), "logp" and "entropy" (H, N) of the policy at s_t.
@@ -211,15 +319,31 @@ class DreamerAgent(nn.Module):
         return self.wm.reward(imag["feat"])
 
     def behaviour_step(self, post: dict, critic_extra=None) -> dict:
-        """Imagine from every posterior state and update the actor, then the critic (SPEC 4).
+        """Imagine from every posterior state and update the actor, then the critic (docs/algorithms.md#behaviour-learning).
 
         ``critic_extra(imag) -> (loss, metrics)`` is added to the critic loss; ``imag`` then
         holds "feat" (H + 1, N, F) detached, "value" (H + 1, N) with grad, "weight"
         (H + 1, N) and "target" (H, N).
+
+        Both losses are computed first and back-propagated together: their graphs share no
+        parameter (the critic reads detached features), and the critic's forward pass does not
+        read the actor, so this equals an actor step followed by a critic step.
         """
+        with frozen(self.wm):
+            actor_loss, critic_loss, metrics = self._behaviour_losses(post, critic_extra)
+        self.actor_opt.zero_grad()
+        self.critic_opt.zero_grad()
+        torch.autograd.backward([self.actor_opt.scaled(actor_loss), self.critic_opt.scaled(critic_loss)])
+        metrics["actor/grad_norm"] = self.actor_opt.apply()
+        metrics["critic/grad_norm"] = self.critic_opt.apply()
+        return metrics
+
+    def behaviour_losses(self, post: dict, critic_extra=None) -> tuple[Tensor, Tensor, dict]:
+        """The forward pass of :meth:`behaviour_step` (world model frozen by the caller):
+        (actor loss, critic loss, metrics)."""
         b = self.cfg.behaviour
         start = {k: v.detach().reshape(-1, *v.shape[2:]) for k, v in post.items()}
-        with frozen(self.wm), self.autocast():
+        with self.autocast():
             imag = self.imagine(start, b.horizon)
             reward = self.imagined_reward(imag).float()[1:]  # (H, N): transition rewards
             discount = b.gamma * self.wm.continuation(imag["feat"][1:])
@@ -238,7 +362,6 @@ class DreamerAgent(nn.Module):
         metrics = {
             "actor/loss": actor_loss.detach(),
             "actor/entropy": imag["entropy"].mean().detach(),
-            "actor/grad_norm": self.actor_opt.step(actor_loss),
             "imag/reward": reward.mean().detach(),
             "imag/value": value.mean().detach(),
             "imag/return": target.mean().detach(),
@@ -253,8 +376,7 @@ class DreamerAgent(nn.Module):
             critic_loss = (weight[:-1] * 0.5 * (crit["value"][:-1] - crit["target"]) ** 2).mean()
             critic_loss = add_extra(critic_loss, critic_extra, crit, metrics)
         metrics["critic/loss"] = critic_loss.detach()
-        metrics["critic/grad_norm"] = self.critic_opt.step(critic_loss)
-        return metrics
+        return actor_loss, critic_loss, metrics
 
     def update(self, batch: dict[str, Tensor], wm_hook=None, critic_hook=None) -> dict:
         """World-model step, behaviour step, and the slow-critic hard copy every N updates.

@@ -54,7 +54,9 @@ class OfflineDV2Agent(DreamerAgent):
         super().__init__(cfg, action_dim, device)
 
     def imagine_step(self, state: dict, action: Tensor) -> dict:
-        head = int(torch.randint(len(self.wm.rssm.prior_heads), ()))
+        head = torch.randint(len(self.wm.rssm.prior_heads), ())
+        if not torch.compiler.is_compiling():
+            head = int(head)  # eager: index the module list; compiled: select on a tensor (no host sync)
         return self.wm.rssm.img_step(state, action, head=head)
 
     def uncertainty(self, deter: Tensor) -> Tensor:
