@@ -1,6 +1,6 @@
 """The DreamerV2 world model: conv encoder, RSSM, conv decoder, reward / discount heads.
 
-Everything follows SPEC section 3. Shapes use the letters of docs/shapes.md. A latent
+Everything follows docs/algorithms.md#world-model. Shapes use the letters of docs/shapes.md. A latent
 state is a dict with ``deter (…, D)``, ``stoch (…, Z)`` (flattened) and the parameters
 of its distribution: ``mean``/``std`` (Gaussian) or ``logits (…, stoch, classes)``
 (discrete). Distributions are always evaluated in float32, also under autocast.
@@ -47,7 +47,7 @@ def gaussian_nll(mean: Tensor, target: Tensor, event_dims: int = 0) -> Tensor:
 
 
 class Encoder(nn.Module):
-    """4 convs, kernel 4, stride 2, channels d, 2d, 4d, 8d, ELU (SPEC 3). 64x64 -> 8d x 2 x 2."""
+    """4 convs, kernel 4, stride 2, channels d, 2d, 4d, 8d, ELU (docs/algorithms.md#world-model). 64x64 -> 8d x 2 x 2."""
 
     def __init__(self, depth: int):
         super().__init__()
@@ -63,6 +63,51 @@ class Encoder(nn.Module):
         lead = x.shape[:-3]
         y = self.net(x.reshape(-1, *x.shape[-3:]))
         return y.reshape(*lead, self.out_dim)
+
+
+def _phase_conv_transpose(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``F.conv_transpose2d(x, weight, bias, stride=2)`` as one ordinary conv2d and a pixel shuffle.
+
+    Output pixel (2m + a, 2n + b) of a stride-2 transposed conv only meets the kernel taps of parity
+    (a, b): y[2m + a] = sum_s x[m - s] W[a + 2 s]. The four phases are four convolutions with the
+    flipped taps of each parity (kernel ceil(k / 2), zero-padded input); stacked as 4 x C_out output
+    channels they are one conv2d, and ``pixel_shuffle`` interleaves them. The same products as the
+    transposed conv, summed in another order.
+    """
+    cin, cout, k, _ = weight.shape
+    H, W = x.shape[-2:]
+    K = (k + 1) // 2
+    w = F.pad(weight, (0, 2 * K - k, 0, 2 * K - k)).reshape(cin, cout, K, 2, K, 2).flip(2, 4)
+    w = w.permute(1, 3, 5, 0, 2, 4).reshape(cout * 4, cin, K, K)
+    y = F.pixel_shuffle(F.conv2d(x, w, bias.repeat_interleave(4), padding=K - 1), 2)
+    return y[..., : 2 * H - 2 + k, : 2 * W - 2 + k]
+
+
+class _ConvTranspose2(torch.autograd.Function):
+    """Stride-2 transposed conv: forward by :func:`_phase_conv_transpose` (CPU's transposed-conv
+    forward kernel is several times slower than an ordinary conv), backward by the same aten kernel
+    that autograd uses for ``conv_transpose2d`` (so gradients for a given output gradient are those
+    of ``nn.ConvTranspose2d``). Under autocast it computes in the autocast dtype, like the module."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
+        xc, wc, bc = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        ctx.save_for_backward(xc, wc)
+        with torch.autocast(device, enabled=False):
+            return _phase_conv_transpose(xc, wc, bc)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad.to(x.dtype), x, weight, [weight.shape[1]], [2, 2], [0, 0], [1, 1], True, [0, 0], 1,
+            list(ctx.needs_input_grad))
+        dx, dw, db = ctx.dtypes
+        return (gx.to(dx) if gx is not None else None, gw.to(dw) if gw is not None else None,
+                gb.to(db) if gb is not None else None)
 
 
 class Decoder(nn.Module):
@@ -90,8 +135,9 @@ class Decoder(nn.Module):
         first = self.net[0]
         cin, cout, k, _ = first.weight.shape
         bias = first.bias.repeat_interleave(k * k)
-        x = torch.addmm(bias, x, first.weight.reshape(cin, cout * k * k))
-        x = self.net[1:](x.reshape(-1, cout, k, k))
+        x = torch.addmm(bias, x, first.weight.reshape(cin, cout * k * k)).reshape(-1, cout, k, k)
+        for layer in self.net[1:]:  # the other transposed convs: see _ConvTranspose2
+            x = _ConvTranspose2.apply(x, layer.weight, layer.bias) if isinstance(layer, nn.ConvTranspose2d) else layer(x)
         return x.reshape(*lead, 3, 64, 64)
 
 
@@ -101,7 +147,7 @@ class Decoder(nn.Module):
 class GRUCell(nn.Module):
     """DreamerV2's GRU: one linear layer on [x, h] gives reset, candidate and update parts
     (optionally LayerNorm-ed); the update gate is sigmoid(u - 1), so a fresh cell leans
-    towards keeping its state (SPEC 3)."""
+    towards keeping its state (docs/algorithms.md#world-model)."""
 
     def __init__(self, inp: int, size: int, norm: bool = False):
         super().__init__()
@@ -123,7 +169,7 @@ class GRUCell(nn.Module):
 
 
 def gaussian_std(raw: Tensor, min_std: float) -> Tensor:
-    """std = 2 * sigmoid(x / 2) + min_std (SPEC 3 / 4); lies in (min_std, 2 + min_std)."""
+    """std = 2 * sigmoid(x / 2) + min_std (docs/algorithms.md#world-model, #behaviour-learning); lies in (min_std, 2 + min_std)."""
     return 2 * torch.sigmoid(raw / 2) + min_std
 
 
@@ -139,7 +185,7 @@ def straight_through_onehot(logits: Tensor) -> Tensor:
 class RSSM(nn.Module):
     """h_t = GRU(h_{t-1}, MLP([z_{t-1}, a_t])); prior p(z_t | h_t); posterior q(z_t | h_t, e_t).
 
-    ``heads`` prior heads (Offline DV2's transition ensemble, SPEC 10); plain DV2 has one.
+    ``heads`` prior heads (Offline DV2's transition ensemble, docs/algorithms.md#offline-dv2); plain DV2 has one.
     Head 0 is the prior used by :meth:`observe`; imagination uses head 0 unless told otherwise.
     """
 
@@ -200,7 +246,7 @@ class RSSM(nn.Module):
     # --- steps ---------------------------------------------------------------------------
 
     def initial(self, n: int, device) -> dict[str, Tensor]:
-        """The zero state a window (or an episode) starts from (SPEC 3)."""
+        """The zero state a window (or an episode) starts from (docs/algorithms.md#world-model)."""
         state = {
             "deter": torch.zeros(n, self.deter_dim, device=device),
             "stoch": torch.zeros(n, self.stoch_dim, device=device),
@@ -316,7 +362,7 @@ class RSSM(nn.Module):
 def kl_balance(
     rssm: RSSM, post: dict, prior: dict, alpha: float, free: float
 ) -> tuple[Tensor, Tensor]:
-    """KL balancing with free nats on the batch mean (SPEC 3; DreamerV2 Eq. 2 and its
+    """KL balancing with free nats on the batch mean (docs/algorithms.md#world-model; DreamerV2 Eq. 2 and its
     ``free_avg``): alpha * max(mean KL(sg q || p), free) + (1 - alpha) * max(mean KL(q || sg p), free).
 
     Returns (loss, mean KL(q || p)).
@@ -329,7 +375,7 @@ def kl_balance(
 
 
 class WorldModel(nn.Module):
-    """Encoder, RSSM, decoder and heads, with the DreamerV2 loss (SPEC 3)."""
+    """Encoder, RSSM, decoder and heads, with the DreamerV2 loss (docs/algorithms.md#world-model)."""
 
     def __init__(self, cfg: Config, action_dim: int):
         super().__init__()
@@ -353,7 +399,7 @@ class WorldModel(nn.Module):
 
     @staticmethod
     def feat(state: dict) -> Tensor:
-        """feat = [z, h] (SPEC 2), (…, F)."""
+        """feat = [z, h] (docs/algorithms.md#two-agents), (…, F)."""
         return torch.cat([state["stoch"], state["deter"].to(state["stoch"].dtype)], -1)
 
     def reward(self, feat: Tensor) -> Tensor:
@@ -371,7 +417,7 @@ class WorldModel(nn.Module):
         return torch.sigmoid(self.discount_head(feat).squeeze(-1).float())
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict, dict]:
-        """L_img + c_r L_rew (+ c_d L_disc) + kl_scale L_KL (SPEC 3). Returns (loss, out, metrics).
+        """L_img + c_r L_rew (+ c_d L_disc) + kl_scale L_KL (docs/algorithms.md#world-model). Returns (loss, out, metrics).
 
         With several prior heads (Offline DV2) L_KL is the mean over heads of each head's
         balanced KL to the posterior, so every member is trained like the prior.
