@@ -221,7 +221,7 @@ def main(args) -> int:
     return 0
 
 
-def reference_returns(data: Path, episodes: int = 30) -> dict[str, float]:
+def reference_returns(data: Path, episodes: int = 100) -> dict[str, float]:
     """The returns a reader needs to judge the table: the uniform-random policy's (measured here,
     ``episodes`` seeded episodes), the dataset's mean episode return, and the scripted expert's."""
     import numpy as np
