@@ -305,18 +305,21 @@ def staged_output(out):
 # Sidecar
 
 
-def read_sidecar(directory) -> dict | None:
-    """The directory's dataset.json as a dict, or None when there is none."""
-    path = Path(directory) / SIDECAR
-    if not path.exists():
-        return None
+def read_json_object(path: Path, fix: str) -> dict:
+    """A JSON file holding an object; one DatasetError line (ending in ``fix``) when it does not."""
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: not valid JSON ({exc}); fix it or delete it") from None
+        raise DatasetError(f"{path}: not valid JSON ({exc}); {fix}") from None
     if not isinstance(meta, dict):
         raise DatasetError(f"{path}: expected a JSON object")
     return meta
+
+
+def read_sidecar(directory) -> dict | None:
+    """The directory's dataset.json as a dict, or None when there is none."""
+    path = Path(directory) / SIDECAR
+    return read_json_object(path, "fix it or delete it") if path.exists() else None
 
 
 def write_sidecar(directory, meta: dict) -> Path:

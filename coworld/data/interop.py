@@ -34,6 +34,7 @@ from coworld.data.episodes import (
     list_episode_files,
     load_episode,
     normalize_episode,
+    read_json_object,
     read_npz,
     read_sidecar,
     save_episode,
@@ -665,12 +666,7 @@ def _check_minari_metadata(data_path: Path) -> None:
     from minari.serialization import deserialize_space
 
     meta_path = data_path / "metadata.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{meta_path}: not valid JSON ({exc}); the Minari dataset is damaged") from None
-    if not isinstance(meta, dict):
-        raise DatasetError(f"{meta_path}: expected a JSON object")
+    meta = read_json_object(meta_path, "the Minari dataset is damaged")
     fmt = meta.get("data_format", "hdf5")
     if fmt != "hdf5":
         raise DatasetError(f"{meta_path}: data_format is {fmt!r}; only Minari's 'hdf5' format can be imported "
