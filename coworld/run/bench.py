@@ -2,7 +2,7 @@
 
 ``bench`` builds the agent for a config (Offline DV2's when the config has an ensemble),
 feeds it one random batch of the requested shape, and times each update kind asked for
-(``kinds``; the command line takes them from ``$COWORLD_BENCH_KINDS``, default all three):
+(``kinds``: `coworld bench --kind`, else ``$COWORLD_BENCH_KINDS``, else all three):
 
 - ``source``: a Dreamer update (what the source agent, and plain Dreamer, do);
 - ``target``: a CoWorld target update: world model with stage A (state alignment against a

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from coworld.config import load_config, preset_names
+from coworld.errors import UserError
 from coworld.run import api, registry
 from coworld.run.collect import COLLECT_LEVELS, COLLECTORS
 
@@ -63,6 +64,8 @@ def register(sub, groups=None) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="mixed precision (default none)")
     p.add_argument("--compile", action="store_true", help="time the compiled update (train.compile)")
+    p.add_argument("--kind", help="comma-separated update kinds: source (Dreamer), target (CoWorld, stages A + C), "
+                   "align (source with stage B); default all three, or $COWORLD_BENCH_KINDS")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -105,12 +108,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from coworld.run.bench import bench, print_bench
+    from coworld.run.bench import KINDS, bench, print_bench
 
+    kinds = [k.strip() for k in args.kind.split(",")] if args.kind else None
+    unknown = [k for k in kinds or () if k not in KINDS]
+    if unknown:
+        raise UserError(f"--kind: unknown update kind(s) {unknown}; choose from {', '.join(KINDS)}")
     cfg = load_config(args.preset, args.overrides)
     result = bench(cfg, batch=args.batch or cfg.train.batch, length=args.length or cfg.train.length,
                    updates=args.updates, warmup=args.warmup, device=args.device, amp=args.amp,
-                   compile=args.compile)
+                   compile=args.compile, kinds=kinds)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
