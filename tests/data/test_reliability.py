@@ -394,7 +394,7 @@ def test_minari_external_link_is_refused(minari_dir, tmp_path):
 
 
 def test_minari_export_to_a_relative_out(tmp_path, monkeypatch):
-    src = make_dataset(tmp_path / "src", episodes=2, T=5)
+    make_dataset(tmp_path / "src", episodes=2, T=5)
     monkeypatch.chdir(tmp_path)
     with pytest.warns(UserWarning):  # the test episodes have a non-zero reward at entry 0
         assert main(["data", "export", "--format", "minari", "src", "--out", "rel/out"]) == 0
