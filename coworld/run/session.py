@@ -300,7 +300,8 @@ class Session:
                 more = ("To train it further, re-run with a larger --steps." if extendable else
                         "Its schedule is fixed by --steps: train longer in a new --logdir.")
                 raise RunFinished(f"{self.dir} holds a finished run (--steps {info['steps']}); nothing to do. {more}")
-            if self.saved_step is not None and total < self.saved_step:
+            # (co-training runs count progress in their own units and cannot change --steps)
+            if extendable and self.saved_step is not None and total < self.saved_step:
                 raise UserError(f"{self.dir} is already at {unit} {self.saved_step}; --steps {total} would train "
                                 f"nothing. Re-run with --steps above {self.saved_step} to go on, or choose a new --logdir.")
             if self.changes:
