@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from coworld.errors import UserError
+
+
+def cache_root() -> Path:
+    """The user cache of this library (replay caches, compiled kernels, demo datasets):
+    ``$COWORLD_CACHE``, else ``$XDG_CACHE_HOME/coworld``, else ``~/.cache/coworld``."""
+    if os.environ.get("COWORLD_CACHE"):
+        return Path(os.environ["COWORLD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "coworld"
 
 
 class ConfigError(UserError):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from coworld.config import Config
+from coworld.config import Config, cache_root
 from coworld.errors import UserError
 from coworld.nets import Actor, Critic, WorldModel
 
@@ -145,11 +145,7 @@ def add_extra(loss: Tensor, hook, inputs: dict, metrics: dict) -> Tensor:
 def compile_cache_dir() -> str:
     """Where inductor keeps compiled kernels and graphs across processes: $TORCHINDUCTOR_CACHE_DIR
     if set, else $COWORLD_CACHE/inductor, else $XDG_CACHE_HOME/coworld/inductor (~/.cache/...)."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        return os.environ["TORCHINDUCTOR_CACHE_DIR"]
-    root = os.environ.get("COWORLD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "coworld")
-    return os.path.join(root, "inductor")
+    return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(cache_root() / "inductor")
 
 
 _compile_state = {"failed": False, "configured": False}

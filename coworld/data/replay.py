@@ -44,21 +44,18 @@ from coworld.data.episodes import (
     save_episode,
     update_sidecar,
 )
+from coworld.config import cache_root
 from coworld.data.validate import check_episode
 from coworld.errors import UserError
 
 KEYS = ("image", "action", "reward", "discount", "is_first", "is_terminal")
 CACHE_VERSION = 2
-CACHE_ENV = "COWORLD_CACHE"
 LOCK_NAME = ".lock"
 
 
 def default_cache_root() -> Path:
-    """Where offline caches live: ``$COWORLD_CACHE/replay``, else ``$XDG_CACHE_HOME/coworld/replay``,
-    else ``~/.cache/coworld/replay``."""
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coworld")
-    return Path(root) / "replay"
+    """Where offline caches live: ``replay/`` in the user cache (:func:`coworld.config.cache_root`)."""
+    return cache_root() / "replay"
 
 
 @contextlib.contextmanager
@@ -343,12 +340,12 @@ class Replay:
         group = root / f"{safe}-{hashlib.sha256(str(where).encode()).hexdigest()[:12]}"
         if group.resolve().is_relative_to(where):
             raise UserError(f"the replay cache {group} would lie inside the dataset {where}; datasets are "
-                            f"never written to: choose a cache_dir (or ${CACHE_ENV}) outside it")
+                            f"never written to: choose a cache_dir (or $COWORLD_CACHE) outside it")
         try:
             group.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"cannot create the replay cache directory {group} ({exc.strerror}); "
-                            f"set ${CACHE_ENV} to a writable directory") from None
+                            f"set $COWORLD_CACHE to a writable directory") from None
         return group
 
     def _build_cache(self, files, sidecar_files, root: Path, cache: Path) -> None:

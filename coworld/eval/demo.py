@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from coworld.config import load_config
+from coworld.config import cache_root, load_config
 from coworld.errors import UserError
 from coworld.run import registry
 
@@ -43,18 +43,12 @@ COWORLD = ["coworld.outer_iters=2", "coworld.target_blocks=3", "coworld.source_b
 OFFLINE_DV2 = ["model.ensemble=5", "train.offline_penalty=1.0"]
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("COWORLD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "coworld")
-    return Path(root)
-
-
 def target_dataset(episodes: int, level: str, seed: int = 0) -> Path:
     """The built-in target dataset, made on first use and validated on every use."""
     from coworld.data.make import make_dataset
     from coworld.data.validate import validate_directory
 
-    out = cache_dir() / "datasets" / f"reach-{level}-{episodes}ep-seed{seed}"
+    out = cache_root() / "datasets" / f"reach-{level}-{episodes}ep-seed{seed}"
     if out.exists() and not validate_directory(out):
         return out
     if out.exists():

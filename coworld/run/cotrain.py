@@ -48,7 +48,6 @@ from coworld.algos.coworld import (
 from coworld.algos.dreamer import DreamerAgent
 from coworld.config import Config
 from coworld.data.replay import Replay
-from coworld.errors import UserError
 from coworld.run.driver import Collector
 from coworld.run.session import Session
 from coworld.run.loop import BaseTrainer, run_loop
@@ -174,13 +173,8 @@ class CoWorldTrainer(BaseTrainer):
         cfg = self.cfg = session.cfg
         device = session.device
         self.target_replay = Replay(target_dataset, seed=cfg.seed + 17)
-        check_dataset(self.target_replay, cfg, target_env)  # before the source prefill
-        self.target_dim = self.target_replay.action_dim
-        if target_env and envs.spec(target_env).action_dim != self.target_dim:
-            raise UserError(
-                f"target env {target_env} has {envs.spec(target_env).action_dim}-D actions but the dataset "
-                f"{target_dataset} has {self.target_dim}-D actions; they must describe the same task"
-            )
+        # image size and (with a target env) action dimension, before the source prefill
+        self.target_dim = check_dataset(self.target_replay, cfg, target_env)
         if finetune:  # one agent, pretrained in the source then finetuned: actions padded to the larger space
             self.joint_dim = max(self.target_dim, envs.spec(source_ids[0]).action_dim)
             self.sources = [SourceWorker(0, source_ids[0], cfg, session.dir, device, self.target_dim,
@@ -326,14 +320,12 @@ class CoWorldTrainer(BaseTrainer):
             c["phase"], c["done"] = c["phase"] + 1, 0
         return metrics
 
+    # (no periodic evaluate: evaluations come before target blocks, in step, and at the end, in final)
     def log(self, position: int, metrics: dict) -> None:
         # training metrics are logged only by a step that made an update, under that update's agent
         if self.step_metrics:
             self.session.logger.scalars(position, {**self.step_metrics, "phase": self.counters["phase"]},
                                         prefix=self.tag)
-
-    def evaluate(self, position: int) -> None:
-        pass  # evaluations come before each target block (step) and at the end (final)
 
     def final(self) -> None:
         self.evaluate_target()

@@ -29,12 +29,10 @@ def _batch(obs: dict) -> dict:
 
 
 def _nonfinite_parameter(agent) -> str | None:
-    module = agent if isinstance(agent, torch.nn.Module) else getattr(agent, "agent", None)
-    if isinstance(module, torch.nn.Module):
-        for name, p in module.named_parameters():
-            if not torch.isfinite(p).all():
-                return f"parameter {name}"
-    return None
+    from coworld.run.session import nonfinite_parameter
+
+    module = agent if isinstance(agent, torch.nn.Module) else getattr(agent, "agent", None)  # ActionSlice
+    return nonfinite_parameter({"agent": module}, prefix=False)
 
 
 def _looks_nonfinite(exc: Exception) -> bool:

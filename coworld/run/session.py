@@ -102,6 +102,18 @@ def active_session() -> "Session | None":
     return session if session is not None and not session.closed else None
 
 
+def nonfinite_parameter(modules: dict, prefix: bool = True) -> str | None:
+    """'parameter NAME' of the first NaN/inf parameter among the torch modules of ``modules``
+    (name -> object; other objects are skipped), NAME prefixed with the module's name when
+    ``prefix``; None when all are finite."""
+    for name, module in modules.items():
+        if isinstance(module, torch.nn.Module):
+            for pname, p in module.named_parameters():
+                if not torch.isfinite(p).all():
+                    return f"parameter {name}.{pname}" if prefix else f"parameter {pname}"
+    return None
+
+
 def diverged(what: str) -> TrainingDiverged:
     """The error for a NaN/inf found outside the session (e.g. in the policy's actions)."""
     session = active_session()
@@ -427,11 +439,7 @@ class Session:
 
     def nonfinite_parameter(self) -> str | None:
         """'parameter NAME' of the first NaN/inf parameter of the restored modules, or None."""
-        for name, module in self._watched.items():
-            for pname, p in module.named_parameters():
-                if not torch.isfinite(p).all():
-                    return f"parameter {name}.{pname}"
-        return None
+        return nonfinite_parameter(self._watched)
 
     def diverged(self, what: str) -> TrainingDiverged:
         """Close the run and return the error to raise for ``what`` ('X became NaN/inf')."""
@@ -450,11 +458,9 @@ class Session:
         for key, value in (metrics or {}).items():
             if not math.isfinite(to_float(value)):
                 raise self.diverged(f"{key} became {to_float(value)}")
-        for name, obj in components.items():
-            if isinstance(obj, torch.nn.Module):
-                for pname, p in obj.named_parameters():
-                    if not torch.isfinite(p).all():
-                        raise self.diverged(f"parameter {name}.{pname} became NaN/inf")
+        what = nonfinite_parameter(components)
+        if what is not None:
+            raise self.diverged(f"{what} became NaN/inf")
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, components: dict, counters: dict, metrics: dict | None = None, finished: bool = False) -> None:
