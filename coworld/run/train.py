@@ -14,11 +14,11 @@ import numpy as np
 
 from coworld import envs
 from coworld.data.replay import Replay
-from coworld.run.diagnostics import offline_diagnostics
-from coworld.run.openloop import openloop_strip
-from coworld.run.loop import BaseTrainer, run_loop
 from coworld.errors import UserError
+from coworld.run.diagnostics import offline_diagnostics
 from coworld.run.driver import Collector, evaluate
+from coworld.run.loop import BaseTrainer, run_loop
+from coworld.run.openloop import openloop_strip
 from coworld.run.session import Session, track
 
 MODEL_IMAGE = 64  # the world model's encoder and decoder take 64x64x3 images (coworld/nets/world_model.py)
