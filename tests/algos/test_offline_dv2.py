@@ -138,3 +138,11 @@ def test_cli_offline_dv2_with_a_size_preset_and_no_env_reports_offline_diagnosti
     assert [r["step"] for r in diag] == [4, 8]
     assert all({"offline/reward_corr", "offline/value", "offline/data_return"} <= r.keys() for r in diag)
     assert list((logdir / "images").glob("openloop*"))
+
+
+def test_a_real_update_with_weight_decay_runs():
+    """The decay comes after backward: applied before it, it changed weights the graph had saved and
+    every update with weight decay > 0 failed (the zero-gradient test above could not see that)."""
+    agent = make_agent("model.weight_decay=1e-3", "behaviour.weight_decay=1e-3", "model.free_nats=0.0")
+    metrics = agent.update(random_batch())
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in metrics.values())
