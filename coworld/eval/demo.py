@@ -75,7 +75,13 @@ def target_updates(cfg, source_steps: int) -> int:
 # CoWorld (paper Fig. 5b), as (algorithm, extra flags).
 METHODS = {**{a.demo: (a.name, []) for a in registry.ALGORITHMS.values() if a.demo},
            "CoWorld w/o max": ("coworld", ["--no-max"])}
-EXTRA = {"coworld": COWORLD, "dv2-finetune": COWORLD, "offline-dv2": OFFLINE_DV2}
+# Every algorithm that trains in the source runs CoWorld's (shortened) schedule, so all methods make
+# the same number of target updates; Offline DV2 gets the demo's ensemble and penalty.
+EXTRA = {"offline-dv2": OFFLINE_DV2}
+
+
+def extra_settings(algo: registry.Algorithm) -> list[str]:
+    return COWORLD if "source" in algo.needs else EXTRA.get(algo.name, [])
 
 
 def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, preset: str,
@@ -97,7 +103,7 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             # about 6 evaluations per run: offline runs count updates, co-training runs progress units
             # (a target update is train_every units)
             every = updates // 6 if offline else updates // 6 * load_config(preset).train.train_every
-            extra = EXTRA.get(name, []) + [f"train.eval_every={every}"]
+            extra = extra_settings(algo) + [f"train.eval_every={every}"]
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
