@@ -80,6 +80,7 @@ class Replay:
         cache_dir=None,
         skip_bad: bool = False,
         readonly: bool = True,
+        extra_keys: tuple[str, ...] = (),
     ):
         """
         directory: episode directory (offline dataset, or where an online replay saves its episodes);
@@ -92,12 +93,16 @@ class Replay:
         skip_bad: skip malformed (or listed but missing) episodes with a warning instead of raising
             DatasetError.
         readonly: True for an offline dataset (memory-mapped), False for a growing online replay.
+        extra_keys: optional episode keys sampled besides the standard ones, e.g. ``("state",)`` (the
+            low-dimensional observation a state-input CoWorld source reads); an episode without one of
+            them is refused. The offline cache of a dataset is keyed by them too.
         """
         self.directory = Path(directory) if directory is not None else None
         self.readonly = readonly
         self.capacity = capacity
         self.skip_bad = skip_bad
         self.rng = np.random.default_rng(seed)
+        self.keys = KEYS + tuple(k for k in extra_keys if k not in KEYS)
         self._names: list[str] = []
         self._ep_start: list[int] = []  # physical start of each live episode
         self._ep_len: list[int] = []  # entries (T + 1) of each live episode
@@ -144,7 +149,7 @@ class Replay:
     def episodes(self):
         """Yield each live episode as a dict of arrays (the sampled keys), oldest first."""
         for start, n in zip(self._ep_start, self._ep_len):
-            yield {key: np.asarray(self._data[key][start : start + n]) for key in KEYS}
+            yield {key: np.asarray(self._data[key][start : start + n]) for key in self.keys}
 
     # ----------------------------------------------------------------------------------------------
     # Sampling
@@ -175,7 +180,7 @@ class Replay:
         first = start[ep] + rng.integers(0, room + 1)
         # (B, L) physical indices; wrap inside the live region [offset, offset + size).
         idx = self._offset + (first[:, None] - self._offset + np.arange(length)) % self._size
-        out = {key: torch.from_numpy(np.asarray(self._data[key][idx])) for key in KEYS}
+        out = {key: torch.from_numpy(np.asarray(self._data[key][idx])) for key in self.keys}
         out["is_first"][:, 0] = True
         if str(device) != "cpu":
             out = {key: value.to(device, non_blocking=True) for key, value in out.items()}
@@ -213,7 +218,7 @@ class Replay:
         if not self._data or end + n > len(self._data["reward"]):
             self._make_room(n, ep)
             end = self._offset + self._size
-        for key in KEYS:
+        for key in self.keys:
             self._data[key][end : end + n] = ep[key]
         self._data["is_first"][end] = True
         self._names.append(name)
@@ -237,7 +242,7 @@ class Replay:
             new_size = min(new_size, max(needed, self.capacity + n))
         live = slice(self._offset, self._offset + self._size)
         fresh = {}
-        for key in KEYS:
+        for key in self.keys:
             template = np.asarray(ep[key])
             fresh[key] = np.zeros((new_size,) + template.shape[1:], template.dtype)
             if self._data:
@@ -247,6 +252,9 @@ class Replay:
         self._data = fresh
 
     def _check_consistent(self, ep: dict, name: str) -> None:
+        missing = [k for k in self.keys if k not in ep]
+        if missing:
+            raise DatasetError(f"{name}: lacks the key(s) {', '.join(missing)} that this replay samples")
         action_dim, image_shape = ep["action"].shape[1], ep["image"].shape[1:]
         if self._action_dim is None:
             self._action_dim, self._image_shape = action_dim, image_shape
@@ -286,7 +294,8 @@ class Replay:
         sidecar_files = self._listed_files(side, files)
         side_path = self.directory / SIDECAR
         side_digest = hashlib.sha256(side_path.read_bytes()).hexdigest() if side is not None else None
-        fingerprint = [CACHE_VERSION, self.skip_bad, side_digest, [[p.name, *self._stat(p)] for p in files]]
+        extra = [list(self.keys)] if self.keys != KEYS else []  # (unchanged keys for caches of the standard keys)
+        fingerprint = [CACHE_VERSION, self.skip_bad, side_digest, *extra, [[p.name, *self._stat(p)] for p in files]]
         key = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()[:24]
         group = self._cache_group(cache_dir)
         cache = group / key
@@ -300,7 +309,7 @@ class Replay:
             # Mapped under the lock too, so that a concurrent rebuild cannot remove the entry
             # between the check and the mapping (mapped files stay readable once removed).
             meta = json.loads((cache / "meta.json").read_text())
-            self._data = {k: np.load(cache / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in KEYS}
+            self._data = {k: np.load(cache / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in self.keys}
         self._names, self._ep_len = meta["names"], meta["lengths"]
         self._ep_start = np.concatenate([[0], np.cumsum(self._ep_len)[:-1]]).astype(int).tolist()
         self._size = int(sum(self._ep_len))
@@ -355,7 +364,7 @@ class Replay:
         build = root / f".build-{cache.name}-{os.getpid()}"
         shutil.rmtree(build, ignore_errors=True)
         build.mkdir()
-        raw = {key: open(build / f"{key}.raw", "wb") for key in KEYS}
+        raw = {key: open(build / f"{key}.raw", "wb") for key in self.keys}
         names, lengths, dtypes, shapes = [], [], {}, {}
         ok = False
         try:
@@ -366,7 +375,7 @@ class Replay:
                 self._check_consistent(ep, str(path))
                 ep["is_first"] = ep["is_first"].copy()
                 ep["is_first"][0] = True
-                for key in KEYS:
+                for key in self.keys:
                     value = np.ascontiguousarray(ep[key])
                     dtypes[key], shapes[key] = value.dtype, value.shape[1:]
                     raw[key].write(value.tobytes())
@@ -382,7 +391,7 @@ class Replay:
             shutil.rmtree(build, ignore_errors=True)
             raise DatasetError(f"{self.directory}: every episode was skipped as bad; nothing to load")
         total = sum(lengths)
-        for key in KEYS:
+        for key in self.keys:
             header = {
                 "descr": np.lib.format.dtype_to_descr(dtypes[key]),
                 "fortran_order": False,
