@@ -93,6 +93,9 @@ class PointMassEnv(gymnasium.Env):
         # reward
         reward: str = "dense",  # "dense" | "sparse"
         reward_scale: float = 1.0,
+        # observation: "image" draws a frame per step; "state" draws none (image stays the all-zero
+        # frame, as for the MuJoCo suites) and an agent reads obs["state"] (state-input source, Table 4)
+        obs: str = "image",
         render_mode: str | None = "rgb_array",
     ):
         self.colors = {
@@ -112,6 +115,8 @@ class PointMassEnv(gymnasium.Env):
             raise UserError(f"mass must be > 0 and friction >= 0; got mass={mass}, friction={friction}")
         if len(drift) != 2 or max(abs(d) for d in drift) > FORCE / 2:
             raise UserError(f"drift must be two numbers of magnitude <= {FORCE / 2}; got {drift}")
+        if obs not in ("image", "state"):
+            raise UserError(f"obs must be 'image' or 'state'; got {obs!r}")
         if reward not in ("dense", "sparse"):
             raise UserError(f"reward must be 'dense' or 'sparse'; got {reward!r}")
         self.size = image_size
@@ -121,6 +126,7 @@ class PointMassEnv(gymnasium.Env):
         self.boost, self.brake = bool(boost), bool(brake)
         self.reward_mode, self.reward_scale = reward, float(reward_scale)
         self.render_mode = render_mode
+        self.obs_mode = obs
         self._seed = seed
 
         action_dim = 2 + self.boost + self.brake
@@ -196,8 +202,12 @@ class PointMassEnv(gymnasium.Env):
                 self.vel[i] = 0.0
 
     def _observation(self, render: bool = True) -> dict:
-        """State and, when ``render``, the image (else ``image=None``: see wrappers.py)."""
-        self._image = self._draw() if render else None
+        """State and, when ``render``, the image (else ``image=None``: see wrappers.py); with
+        ``obs="state"`` the image is always the all-zero frame."""
+        if self.obs_mode == "state":
+            self._image = np.zeros((self.size, self.size, 3), np.uint8)
+        else:
+            self._image = self._draw() if render else None
         state = np.array(self.pos + self.vel + self._task_state(), dtype=np.float32)
         return {"image": self._image, "state": state}
 
