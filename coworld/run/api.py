@@ -54,8 +54,8 @@ def _check_inputs(algo: registry.Algorithm, inputs: dict) -> None:
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise UserError(f"--algo {algo.name} does not take {flags}")
-    if algo.name == "dv2-finetune" and len(inputs["source"]) > 1:
-        raise UserError("--algo dv2-finetune takes exactly one --source")
+    if algo.name in ("dv2-finetune", "multitask-dv2") and len(inputs["source"]) > 1:
+        raise UserError(f"--algo {algo.name} takes exactly one --source")
     for key in ("env", "target_env"):
         if inputs.get(key):
             envs.spec(inputs[key])  # an unknown id fails here, before anything is written

@@ -76,6 +76,18 @@ def _cotrain_policy(run_args, cfg, state):
     return evaluation_agent(run_args, cfg, state)
 
 
+def _train_multitask(session, inputs):
+    from coworld.run.multitask import train_multitask
+
+    return train_multitask(session, inputs["source"], inputs["target_dataset"], inputs.get("target_env"))
+
+
+def _multitask_policy(run_args, cfg, state):
+    from coworld.run.multitask import evaluation_agent
+
+    return evaluation_agent(run_args, cfg, state)
+
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("dreamer", "DreamerV2 trained online in --env (Hafner et al. 2021)", "environment (agent) steps", "step",
               ("env",), (), _train_online, _single_policy, _dreamer_agent),
@@ -90,6 +102,10 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"),
               ("target_env",), _train_cotrain(True), _cotrain_policy, extendable=False, demo="DV2 Finetune"),
+    Algorithm("multitask-dv2", "Multi-Task DreamerV2: one world model on --source (online) and --target-dataset "
+              "together, an actor-critic per domain", "source environment steps (CoWorld's schedule and budget)",
+              "unit", ("source", "target_dataset"), ("target_env",), _train_multitask, _multitask_policy,
+              extendable=False, demo="Multi-Task DV2"),
 ]}
 
 
