@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "coworld.data.commands",  # data make | validate | info | ...
     "coworld.run.commands",  # train, eval, bench, data collect
     "coworld.eval.demo",  # demo (the embedded default job)
+    "coworld.eval.sweep_report",  # report (tables and figures of a sweep directory)
 ]
 
 
