@@ -157,6 +157,29 @@ class CoWorldConfig:
 
 
 @dataclass
+class LompoConfig:
+    """LOMPO and LOMPO Finetune (docs/algorithms.md#lompo): SAC on latent features, trained on a mix
+    of real latent transitions and uncertainty-penalised model rollouts. The ensemble of latent
+    forward models is ``model.ensemble`` (prior heads of the RSSM)."""
+
+    penalty: float = 1.0  # lambda: model reward = predicted reward - lambda * u (the ensemble's disagreement)
+    penalty_kind: str = "meandis"  # u: "meandis" / "std" (Offline DV2's measures) or "loglik_var" (variance over
+    #   members of the log-likelihood of the sampled next latent)
+    horizon: int = 5  # H: latent rollout steps from each start
+    rollout_starts: int = 64  # posterior latents of the update's window a rollout starts from (at most B * L)
+    rollout_every: int = 1  # updates between two rollout batches (after the model-only updates)
+    buffer: int = 20_000  # model transitions kept (oldest dropped first); checkpointed with the agent
+    real_ratio: float = 0.5  # fraction of every SAC batch drawn from real latent transitions (the rest: the buffer)
+    batch: int = 256  # transitions per SAC update
+    wm_updates: int = 0  # world-model-only updates first; then every update trains model and SAC
+    sac_updates: int = 1  # SAC gradient steps per update
+    hidden: int = 256  # SAC actor / twin Q MLPs: two hidden layers of this width
+    lr: float = 3e-4  # SAC actor, critic and temperature learning rate
+    gamma: float = 0.99  # SAC discount
+    tau: float = 0.005  # SAC target-network averaging rate
+
+
+@dataclass
 class Config:
     preset: str = "default"
     seed: int = 0
@@ -165,6 +188,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     coworld: CoWorldConfig = field(default_factory=CoWorldConfig)
+    lompo: LompoConfig = field(default_factory=LompoConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -307,6 +331,7 @@ _CHOICES = {
     ("coworld", "eta_schedule"): ("linear", "frozen"),
     ("coworld", "align_scale"): ("released", "per_frame"),
     ("coworld", "action_adapter"): ("pad", "strict"),
+    ("lompo", "penalty_kind"): ("meandis", "std", "loglik_var"),
 }
 
 

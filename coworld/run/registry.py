@@ -42,6 +42,24 @@ def _offline_dv2_agent(cfg, action_dim, device):
     return OfflineDV2Agent(cfg, action_dim, device=device)
 
 
+def _lompo_agent(cfg, action_dim, device):
+    from coworld.algos.lompo import LompoAgent
+
+    return LompoAgent(cfg, action_dim, device=device)
+
+
+def _train_lompo_finetune(session, inputs):
+    from coworld.run.lompo import train_lompo_finetune
+
+    return train_lompo_finetune(session, inputs)
+
+
+def _lompo_finetune_policy(run_args, cfg, state):
+    from coworld.run.lompo import evaluation_agent
+
+    return evaluation_agent(run_args, cfg, state)
+
+
 def _train_online(session, inputs):
     from coworld.run.train import train_dreamer
 
@@ -88,6 +106,9 @@ def _multitask_policy(run_args, cfg, state):
     return evaluation_agent(run_args, cfg, state)
 
 
+# LOMPO's ensemble of latent forward models (docs/algorithms.md#lompo); presets may change it
+LOMPO_DEFAULTS = {"model": {"ensemble": 5}}
+
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("dreamer", "DreamerV2 trained online in --env (Hafner et al. 2021)", "environment (agent) steps", "step",
               ("env",), (), _train_online, _single_policy, _dreamer_agent),
@@ -102,6 +123,14 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"),
               ("target_env",), _train_cotrain(True), _cotrain_policy, extendable=False, demo="DV2 Finetune"),
+    Algorithm("lompo", "LOMPO on --dataset: latent model with a forward-model ensemble, SAC on real latents and "
+              "uncertainty-penalised latent rollouts (Rafailov et al. 2021)", "gradient updates", "update",
+              ("dataset",), ("env",), _train_offline, _single_policy, _lompo_agent,
+              defaults=LOMPO_DEFAULTS, demo="LOMPO"),
+    Algorithm("lompo-finetune", "LOMPO trained online in --source, then on --target-dataset (DV2 Finetune's schedule)",
+              "source environment steps (CoWorld's schedule and budget)", "unit", ("source", "target_dataset"),
+              ("target_env",), _train_lompo_finetune, _lompo_finetune_policy, defaults=LOMPO_DEFAULTS,
+              extendable=False, demo="LOMPO Finetune"),
     Algorithm("multitask-dv2", "Multi-Task DreamerV2: one world model on --source (online) and --target-dataset "
               "together, an actor-critic per domain", "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"), ("target_env",), _train_multitask, _multitask_policy,
