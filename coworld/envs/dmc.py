@@ -196,7 +196,8 @@ class DMCEnv(MujocoEnv):
 
     def render_frame(self) -> np.ndarray:
         size = self.image_size
-        image = self.physics.render(size, size, camera_id=self.camera)
+        # dm_control returns the frame as a row-flipped view (negative stride), which torch cannot take
+        image = np.ascontiguousarray(self.physics.render(size, size, camera_id=self.camera))
         if self.background is None:
             return image
         # Segmentation channels: (object id, object type); id -1 is the sky / empty space.

@@ -63,7 +63,7 @@ class MultiTaskTrainer(CoWorldTrainer):
     def __init__(self, session: Session, source_ids: list[str], target_dataset: str, target_env: str | None):
         if len(source_ids) != 1:
             raise UserError("--algo multitask-dv2 takes exactly one --source")
-        self.session, self.finetune = session, False
+        self.session, self.finetune, self.notes = session, False, []
         cfg = self.cfg = session.cfg
         self.rows = split_batch(cfg.train.batch)
         self.target_replay = Replay(target_dataset, seed=cfg.seed + 17)

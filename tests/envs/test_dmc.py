@@ -146,3 +146,14 @@ def test_render_draws_a_skipped_frame(dmc):
     obs = a.step(np.full(6, 0.7), render=False)[0]
     assert obs["image"] is None
     np.testing.assert_array_equal(a.render(), b.step(np.full(6, 0.7))[0]["image"])
+
+
+def test_frames_are_contiguous_so_an_agent_can_act_on_them():
+    """dm_control renders a row-flipped view (negative stride); torch.as_tensor refuses those, which
+    made every image agent crash on its first action in a DMC env."""
+    env = envs.make("dmc:walker_walk", image_size=64, seed=0)
+    obs, _ = env.reset(seed=0)
+    assert obs["image"].flags["C_CONTIGUOUS"]
+    obs = env.step(np.zeros(6, np.float32))[0]
+    assert obs["image"].flags["C_CONTIGUOUS"]
+    env.close()
