@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ COLUMNS = ["trial", "experiment", "group", "method", "algo", "task", "source", "
            "status", "eval_index", "final", "step", "progress", "episode", "return", "success",
            "value_estimate", "true_return", "overestimation", "wall_s"]
 EVAL_SCALARS = ("success", "value_estimate", "true_return", "overestimation")
+MIN_SEEDS = 3  # fewest seeds per task of every method in a comparison before a difference is marked
 
 
 # -- reading a sweep directory --------------------------------------------------------------------
@@ -256,14 +258,13 @@ def cells(by_method: dict, reps: int = 2000) -> dict:
 def supported_best(column: dict[str, dict | None], higher: bool = True) -> str | None:
     """The method whose entry is best AND whose 95% interval lies entirely above (below, for
     ``higher=False``) every other method's interval; None when the intervals do not support a
-    single best (or the best rests on one seed, whose interval says nothing)."""
+    single best, or when any method has fewer than MIN_SEEDS seeds per task (a percentile
+    bootstrap over one or two seeds says next to nothing)."""
     present = {m: e for m, e in column.items() if e is not None}
-    if len(present) < 2:
+    if len(present) < 2 or any(e["seeds"] < MIN_SEEDS * e.get("tasks", 1) for e in present.values()):
         return None
     sign = 1 if higher else -1
     best = max(present, key=lambda m: sign * present[m]["value"])
-    if present[best]["seeds"] < 2 * present[best].get("tasks", 1):
-        return None
     lo, hi = present[best]["ci"]
     others = [e["ci"] for m, e in present.items() if m != best]
     if higher and all(lo > o[1] for o in others):
@@ -284,7 +285,8 @@ def improvements(by_method: dict, focus: str, reps: int = 2000) -> dict:
             continue
         x = {t: np.asarray(by_method[focus][t]) for t in shared}
         y = {t: np.asarray(tasks[t]) for t in shared}
-        out[other] = {**stats.compare(x, y, reps=reps), "tasks": len(shared)}
+        out[other] = {**stats.compare(x, y, reps=reps), "tasks": len(shared),
+                      "min_seeds": int(min(min(len(x[t]), len(y[t])) for t in shared))}
     return out
 
 
@@ -336,7 +338,8 @@ AVERAGES = (("__mean__", "Average (mean)"), ("__iqm__", "Average (IQM)"))
 
 
 def table_columns(table: dict, tasks: list[str]) -> list[tuple[str, str]]:
-    return [(t, t) for t in tasks] + list(AVERAGES)
+    """The tasks, then the two averages (left out for a single task, where they repeat its column)."""
+    return [(t, t) for t in tasks] + (list(AVERAGES) if len(tasks) > 1 else [])
 
 
 def paper_table(table: dict, tasks: list[str], digits: int = 1, higher: bool | None = True) -> dict:
@@ -393,6 +396,8 @@ def improvement_markdown(imp: dict, focus: str) -> str:
     for other, p in imp.items():
         lo, hi = p["ci"]
         verdict = (f"{focus} better" if lo > 0.5 else f"{other} better" if hi < 0.5 else "no difference supported")
+        if p.get("min_seeds", MIN_SEEDS) < MIN_SEEDS:
+            verdict = f"nothing: fewer than {MIN_SEEDS} seeds per task"
         lines.append(f"| {_md(focus)} > {_md(other)} | {stats.interval_text(p, 2)} | {p['tasks']} | {verdict} |")
     return "\n".join(lines)
 
@@ -421,7 +426,7 @@ def _save(fig: Figure, path: Path) -> Path:
 def _panels(n: int, width: float = 4.2, height: float = 3.3):
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(width * cols + 1.5, height * rows), layout="constrained")
+    fig = Figure(figsize=(max(width * cols + 1.5, 7.5), height * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -477,7 +482,7 @@ def plot_curves(data: dict, path: Path, ylabel: str, title: str, methods: list[s
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 100), fontsize=9)
     return _save(fig, path)
 
 
@@ -546,20 +551,23 @@ def plot_transfer(grid: dict, path: Path, focus: str, baseline: str) -> Path:
         for (s, t), e in pairs.items():
             m[sources.index(s), targets.index(t)] = e["value"]
         lim = float(np.nanmax(np.abs(m))) or 1.0
-        im = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        from matplotlib import colormaps
+
+        cmap = colormaps["RdBu"].with_extremes(bad="0.85")  # grey: no such (source, target) pair
+        im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         for (s, t), e in pairs.items():
             lo, hi = e["ci"]
             mark = "*" if lo > 0 or hi < 0 else ""
             ax.text(targets.index(t), sources.index(s), f"{e['value']:+.1f}{mark}", ha="center", va="center",
-                    fontsize=8)
+                    fontsize=8, color="white" if abs(e["value"]) > 0.6 * lim else "black")
         ax.set_xticks(range(len(targets)), [_short(t) for t in targets], rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(len(sources)), [_short(s) for s in sources], fontsize=8)
         ax.set_xlabel("target")
         ax.set_ylabel("source")
         ax.set_title(f"{focus} - {baseline}" + (f" [{group}]" if group else ""), fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8, label="return difference")
-    fig.suptitle("transfer: final return gain over the baseline on the same target (* = 95% interval excludes 0)",
-                 fontsize=9)
+    fig.suptitle(textwrap.fill("transfer: final return gain over the baseline on the same target "
+                               "(* = 95% interval excludes 0; grey = pair not in the sweep)", 80), fontsize=9)
     return _save(fig, path)
 
 
@@ -725,12 +733,19 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
     episodes = episodes_per_eval(sweep, partial)
     ep_text = "-".join(str(e) for e in (episodes[0], episodes[-1])) if len(set(episodes)) > 1 else \
         (str(episodes[0]) if episodes else "0")
-    md += ["", f"Each seed's score is the mean return over the {ep_text} episodes of its final evaluation "
+    ep_text += " episode" if ep_text == "1" else " episodes"
+    md += ["", f"Each seed's score is the mean return over the {ep_text} of its final evaluation "
            "(episodes are averaged within a seed first); a cell is the mean over seeds with the 95% percentile "
            f"interval of a bootstrap over seeds ({reps} resamples); the averages pool the tasks as strata "
            "(mean of task means; IQM of the pooled (seed, task) scores) with stratified-bootstrap intervals. "
-           "A value is in bold only where its interval lies entirely above every other method's in that column.",
+           "A value is in bold only where its interval lies entirely above every other method's in that column "
+           f"and every method has at least {MIN_SEEDS} seeds per task.",
            ""]
+    fewest = min((len(v) for g in scores.values() for m in g.values() for v in m.values()), default=0)
+    if 0 < fewest < 5:
+        md[-2] += (f" With as few as {fewest} seed{'s' if fewest > 1 else ''} per cell a percentile bootstrap "
+                   "understates the uncertainty (it cannot see beyond the seeds it has): read these intervals "
+                   "as descriptive, not as tests.")
     tex, imps, tables_md = [], {}, [md[-2], ""]
     if not any(scores.values()):
         notes.append("no trial has a final evaluation yet" + ("" if partial else
@@ -742,7 +757,7 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
         layout = paper_table(table, tasks, digits)
         seeds = layout["seeds"]
         caption = (f"Final evaluation return{_group_title(group)}: mean over {seeds} seeds"
-                   f" ({ep_text} episodes per evaluation, averaged within a seed) with 95% bootstrap intervals; "
+                   f" ({ep_text} per evaluation, averaged within a seed) with 95% bootstrap intervals; "
                    "averages over tasks as strata. Bold: interval above every other method's.")
         section = [f"## Final return{_group_title(group)}", "", markdown_table(layout), ""]
         tex.append(latex_table(layout, caption, f"tab:{sweep.experiment}-{gi}"))

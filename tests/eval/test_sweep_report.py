@@ -117,6 +117,10 @@ def test_bold_only_where_intervals_separate(sweep):
                               "y": {"value": 1.0, "ci": [0.0, 1.5], "seeds": 3}}) is None
     assert sr.supported_best({"x": {"value": 2.0, "ci": [2.0, 2.0], "seeds": 1},
                               "y": {"value": 1.0, "ci": [1.0, 1.0], "seeds": 3}}) is None  # one seed: no claim
+    separated = {"x": {"value": 5.0, "ci": [4.0, 6.0], "seeds": 3}, "y": {"value": 1.0, "ci": [0.0, 2.0], "seeds": 3}}
+    assert sr.supported_best(separated) == "x"
+    assert sr.supported_best(separated, higher=False) == "y"  # lower is better: y, whose interval is below
+    assert sr.supported_best({**separated, "y": {**separated["y"], "seeds": 2}}) is None  # two seeds: no claim
 
 
 def _matrices(sweep):
@@ -243,6 +247,9 @@ def test_groups_get_their_own_tables(tmp_path):
     result = sr.build_report(root, reps=100, alignment_trials=0)
     md = (result["out"] / "table.md").read_text()
     assert "## Final return (easy)" in md and "## Final return (hard)" in md
+    assert "| method | A |\n" in md  # one task: no average columns repeating it
+    assert "as few as 2 seeds" in md  # the caveat on bootstrap intervals from few seeds
+    assert "**" not in md and "nothing: fewer than 3 seeds" in md  # no claim from two seeds
     assert result["summary"]["groups"]["hard"]["cells"]["CoWorld"]["A"]["value"] == pytest.approx(1.5)
 
 
