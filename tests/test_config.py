@@ -38,6 +38,12 @@ DOCUMENTED = {
         "coworld.target_blocks": 5, "coworld.source_blocks": 2, "train.prefill": 5000,
         "behaviour.gamma": 0.99, "model.latent": "gaussian",
     },
+    "multitask-dv2": {  # paper Table 6's method with coworld-official's values (equal budgets)
+        "model.deter": 200, "model.latent": "gaussian", "train.batch": 150, "train.prefill": 5000,
+        "coworld.block_steps": 10000, "coworld.warmup_blocks": 3, "coworld.wm_warmup_updates": 10000,
+        "coworld.outer_iters": 6, "coworld.target_blocks": 5, "coworld.source_blocks": 2,
+        "behaviour.gamma": 0.99,
+    },
     "coworld-paper": {  # paper Table 8
         "coworld.alpha": 1.0, "coworld.eta_schedule": "linear", "coworld.eta_floor": 0.2,
         "coworld.eta_start": 1.0, "behaviour.gamma": 0.995, "model.latent": "discrete",
