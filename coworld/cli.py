@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "coworld.envs.doctor",  # doctor
     "coworld.data.commands",  # data make | validate | info | ...
     "coworld.run.commands",  # train, eval, bench, data collect
+    "coworld.run.sweep",  # sweep (an experiment file's grid of trials)
     "coworld.eval.demo",  # demo (the embedded default job)
     "coworld.eval.sweep_report",  # report (tables and figures of a sweep directory)
 ]

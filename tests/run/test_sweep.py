@@ -1,0 +1,135 @@
+"""`coworld sweep`: the sweep directory, the local fallback, and on a local Ray (2 CPUs) a built-in
+sweep of 2 methods x 2 seeds that survives a SIGKILL of one trial's worker with the same final state
+as an uninterrupted run, and a re-run that trains nothing."""
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from coworld.errors import UserError
+from coworld.run import sweep
+from coworld.run.checkpoint import load_checkpoint
+from coworld.run.experiment import expand, load_experiment
+from tests.run.test_resume import assert_same_state
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILTIN = ROOT / "experiments" / "builtin.toml"
+VICTIM = "coworld__reach-src-reach__s0"
+
+
+def quick(data, **kw):
+    return load_experiment(BUILTIN, variant="quick", data_root=data, **kw)
+
+
+def test_sweep_directory_layout_and_conflicts(tmp_path):
+    exp = quick(tmp_path / "data", check_data=False)
+    trials = expand(exp)
+    sweep.write_sweep(exp, trials, tmp_path / "out", "quick")
+    record = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert record["experiment"] == "builtin" and record["file"] == str(BUILTIN)
+    assert [t["id"] for t in record["trials"]] == [t["id"] for t in trials]
+    one = json.loads((tmp_path / "out" / "trials" / f"{VICTIM}.json").read_text())
+    for key in ("id", "experiment", "method", "algo", "task", "source", "target", "dataset", "seed", "preset",
+                "overrides", "ablations", "steps", "resources", "group"):
+        assert key in one, key
+    assert one["method"] == "CoWorld" and one["task"] == "reach-src->reach" and one["source"] == ["builtin:reach-src"]
+    assert one["resources"] == {"cpus": 1, "gpus": 0} and "train.threads=1" in one["overrides"]
+    # the same sweep again is fine; the same directory with other settings is refused
+    sweep.write_sweep(exp, trials, tmp_path / "out", "quick")
+    other = quick(tmp_path / "data", check_data=False, overrides=["train.batch=3"])
+    with pytest.raises(UserError, match="other settings"):
+        sweep.write_sweep(other, expand(other), tmp_path / "out", "quick")
+
+
+def test_progress_line_counts_and_eta(tmp_path):
+    p = sweep.Progress(total=10, slots=2, out=tmp_path, trials=[])
+    assert "ETA" not in p.line(0, 2, 0)  # nothing finished: no estimate yet
+    p.finished({"wall_s": 100.0})
+    p.finished({"wall_s": 300.0})
+    line = p.line(done=2, running=2, failed=1)
+    assert "done 2/10, running 2, failed 1, pending 5" in line
+    assert "ETA ~10m (mean trial 3m, 2 at a time)" in line  # 200 s * (5 + 0.5 * 2) / 2 = 600 s
+
+
+@pytest.mark.slow
+def test_local_fallback_runs_and_skips_finished(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "_ray", lambda: None)  # as if ray were not installed
+    exp = quick(tmp_path / "data", methods=["Offline DV2"])
+    exp.seeds = [0]
+    out = tmp_path / "out"
+    result = sweep.run_sweep(exp, out, every=1000)
+    assert result == {"done": 1, "failed": {}, "trials": 1, "backend": "local"}
+    text = capsys.readouterr().out
+    assert "ray is not installed" in text and "pip install 'coworld[ray]'" in text
+    run = out / "runs" / "offline-dv2__reach-src-reach__s0"
+    done = json.loads((run / "done.json").read_text())
+    assert done["wall_s"] > 0 and len(done["final_returns"]) == 1
+    assert load_checkpoint(run)["run"]["finished"]
+    mtime = (run / "checkpoint.pt").stat().st_mtime_ns
+    result = sweep.run_sweep(exp, out, every=1000)
+    assert result["done"] == 1 and (run / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_after_checkpoint(run: Path, killed: list, deadline: float) -> None:
+    """SIGKILL the worker training ``run`` once it has checkpointed past its start."""
+    while time.time() < deadline and not (run / "done.json").exists():
+        try:
+            position = load_checkpoint(run)["run"]["position"] if (run / "checkpoint.pt").exists() else 0
+            pid = int((run / "worker.pid").read_text())
+        except (OSError, ValueError, KeyError, RuntimeError, EOFError):
+            position = 0
+        if position > 0:
+            os.kill(pid, signal.SIGKILL)
+            killed.append((pid, position))
+            return
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_ray_sweep_survives_sigkill_and_rerun_trains_nothing(local_ray, tmp_path):
+    out = tmp_path / "out"
+    exp = quick(tmp_path / "data")
+    run = out / "runs" / VICTIM
+    killed: list = []
+    killer = threading.Thread(target=_kill_after_checkpoint, args=(run, killed, time.time() + 120), daemon=True)
+    killer.start()
+    t0 = time.time()
+    result = sweep.run_sweep(exp, out, backend="ray", every=5)
+    killer.join(timeout=5)
+    print(f"ray sweep of 4 trials with one SIGKILL: {time.time() - t0:.1f} s")
+    assert killed, "the victim's worker was not killed"
+    assert result["failed"] == {} and result["done"] == 4 and result["backend"] == "ray"
+    ids = [t["id"] for t in expand(exp)]
+    assert all((out / "runs" / i / "done.json").exists() for i in ids)
+    assert int((run / "worker.pid").read_text()) != killed[0][0]  # the retry ran in another worker
+    assert "Traceback" not in (run / "stdout.log").read_text()
+
+    # the killed trial ends exactly as an uninterrupted run of the same trial
+    trial = json.loads((out / "trials" / f"{VICTIM}.json").read_text())
+    sweep.run_trial(trial, str(tmp_path / "reference"))
+    assert_same_state(run, tmp_path / "reference" / "runs" / VICTIM)
+
+    # re-running the finished sweep trains nothing
+    stamps = {i: (out / "runs" / i / "checkpoint.pt").stat().st_mtime_ns for i in ids}
+    t1 = time.time()
+    again = sweep.run_sweep(exp, out, backend="ray", every=5)
+    assert again["done"] == 4 and again["failed"] == {}
+    assert {i: (out / "runs" / i / "checkpoint.pt").stat().st_mtime_ns for i in ids} == stamps
+    assert time.time() - t1 < 10
