@@ -49,6 +49,11 @@ DOCUMENTED = {
         "coworld.eta_start": 1.0, "behaviour.gamma": 0.995, "model.latent": "discrete",
         "model.deter": 600,
     },
+    "lompo": {  # Rafailov et al. 2021's method; numbers from dv2-official, V-D4RL, MOPO and SAC (header)
+        "model.ensemble": 7, "model.deter": 200, "train.batch": 150, "lompo.horizon": 5, "lompo.penalty": 1.0,
+        "lompo.penalty_kind": "meandis", "lompo.real_ratio": 0.5, "lompo.batch": 256, "lompo.hidden": 256,
+        "lompo.lr": 3e-4, "lompo.gamma": 0.99, "lompo.tau": 0.005, "lompo.wm_updates": 10000,
+    },
 }
 
 
