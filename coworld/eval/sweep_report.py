@@ -54,9 +54,10 @@ MIN_SEEDS = 3  # fewest seeds per task of every method in a comparison before a 
 class Trial:
     info: dict  # the trial's JSON (trials/<id>.json)
     run_dir: Path
-    status: str  # "finished", "unfinished" (a run directory, not finished), "missing" (no metrics yet)
+    status: str  # "finished", "unfinished" (not finished), "missing" (no metrics yet), "damaged" (unreadable)
     evals: list[dict] = field(default_factory=list)  # {"step", "returns", and EVAL_SCALARS when logged}
     wall_s: float | None = None
+    error: str = ""
 
     @property
     def id(self) -> str:
@@ -125,7 +126,10 @@ def _wall(run_dir: Path, records: list[dict]) -> float | None:
 def read_trial(info: dict, run_dir: Path) -> Trial:
     if not (run_dir / "metrics.jsonl").exists():
         return Trial(info, run_dir, "missing")
-    records = read_metrics(run_dir)
+    try:
+        records = read_metrics(run_dir)
+    except UserError as exc:  # one damaged run does not stop the report; report.md names it
+        return Trial(info, run_dir, "damaged", error=str(exc))
     trial = Trial(info, run_dir, "finished" if _finished(run_dir) else "unfinished")
     trial.evals = read_evaluations(records, eval_tag(records))
     trial.wall_s = _wall(run_dir, records)
@@ -727,7 +731,8 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
     for label, trials in (("Not started (no metrics yet)", counts["missing"]),
                           ("Unfinished" + ("" if partial else " (left out of the tables; --partial uses "
                                            "their latest evaluation)"), counts["unfinished"]),
-                          ("Without any evaluation", no_eval)):
+                          ("Without any evaluation", [t for t in no_eval if t.status != "damaged"]),
+                          ("Unreadable (left out)", counts["damaged"])):
         if trials:
             md.append(f"{label}: " + ", ".join(f"`{t.id}`" for t in trials) + ".")
     episodes = episodes_per_eval(sweep, partial)
@@ -825,8 +830,13 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
         candidates = [t for t in sweep.trials if t.get("algo") == "coworld" and t.status == "finished"
                       and (t.run_dir / "checkpoint.pt").exists()]
         if candidates:
-            chosen = candidates[:alignment_trials]
-            results = [(t.id, alignment_embeddings(t.run_dir, alignment_frames, seed=0)) for t in chosen]
+            results = []
+            for t in candidates[:alignment_trials]:
+                try:
+                    results.append((t.id, alignment_embeddings(t.run_dir, alignment_frames, seed=0)))
+                except UserError as exc:  # e.g. the target dataset is not on this machine
+                    notes.append(f"no alignment picture for {t.id}: {exc}")
+        if candidates and results:
             path, how = plot_alignment(results, out / "alignment.png")
             files.append(path)
             if not how.startswith("t-SNE"):
@@ -842,7 +852,7 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
             md += ["", "![latent alignment](alignment.png)", ""]
             summary["alignment"] = {tid: {k: e[k] for k in ("kl_before", "kl_after", "frames", "source_env")}
                                     for tid, e in results}
-        else:
+        elif not candidates:
             notes.append("no alignment picture: no finished CoWorld trial with a checkpoint")
     if notes:
         md += ["## Notes", ""] + [f"- {n}." for n in notes] + [""]
@@ -855,6 +865,8 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
 def main(args) -> int:
     import torch
 
+    if args.reps < 1 or args.alignment_frames < 2 or args.alignment_trials < 0:
+        raise UserError("--reps must be at least 1, --alignment-frames at least 2 and --alignment-trials at least 0")
     torch.set_num_threads(max(1, args.threads))
     result = build_report(args.dir, args.out, focus=args.focus, baseline=args.baseline, reps=args.reps,
                           partial=args.partial, alignment_trials=args.alignment_trials,

@@ -291,3 +291,27 @@ def test_alignment_encoders(tmp_path):
         assert np.allclose(fresh.wm.encode(frames).numpy(), e["before"], atol=1e-6)
     path, how = sr.plot_alignment([("t", e)], tmp_path / "a.png")
     assert path.stat().st_size > 0 and how in ("t-SNE", "PCA (scikit-learn is not installed: no t-SNE)")
+
+
+def test_embedding_falls_back_to_pca_without_scikit_learn(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import fails as if not installed
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(50, 6)) * np.array([10.0, 3.0, 0.1, 0.1, 0.1, 0.1])
+    pts, how = sr.embed_2d(points)
+    assert how.startswith("PCA") and pts.shape == (50, 2)
+    # PCA keeps the two directions of largest variance: the first axis carries the most
+    assert pts[:, 0].var() > pts[:, 1].var() > 0.5 * (points - points.mean(0))[:, 1].var()
+
+
+def test_a_damaged_trial_is_named_not_fatal(sweep):
+    run = sweep / "runs" / "offline-dv2-B-s2"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[1] = "{not json"
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = sr.build_report(sweep, reps=100, alignment_trials=0)
+    assert result["summary"]["status"]["damaged"] == ["offline-dv2-B-s2"]
+    report = (result["out"] / "report.md").read_text()
+    assert "Unreadable (left out): `offline-dv2-B-s2`" in report
+    assert result["summary"]["groups"][""]["cells"]["Offline DV2"]["B"]["seeds"] == 2
