@@ -5,6 +5,11 @@ tensors; they are converted to floats here, at log time, so training updates
 never synchronise with the device themselves. On resume the JSONL file is cut
 back to the size it had at the checkpoint and TensorBoard purges the events
 written after the checkpoint's step, so a resumed run's logs read as one run.
+
+Weights & Biases (``train.wandb = true``, the ``[wandb]`` extra) receives the same scalars, to
+follow runs live; ``wandb`` is imported only when it is switched on. A run keeps one W&B run id
+(RUN/wandb_id.txt), so a resumed run continues the same W&B run; W&B drops points at steps it has
+already seen, so the segment between the last checkpoint and a crash keeps its first values there.
 """
 
 from __future__ import annotations
@@ -12,12 +17,42 @@ from __future__ import annotations
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
 METRICS = "metrics.jsonl"
+
+
+WANDB_ID = "wandb_id.txt"
+
+
+def wandb_settings(cfg) -> dict | None:
+    """The W&B options of a run's config, or None when ``train.wandb`` is off."""
+    t = cfg.train
+    if not t.wandb:
+        return None
+    return {"project": t.wandb_project, "group": t.wandb_group or None, "config": cfg.to_dict()}
+
+
+def start_wandb(run_dir: Path, project: str, group: str | None = None, config: dict | None = None):
+    """Open (or resume) the W&B run of ``run_dir``; a clear error when wandb is not installed."""
+    try:
+        import wandb
+    except ImportError:
+        from coworld.errors import MissingDependency
+
+        raise MissingDependency("wandb", "wandb", "train.wandb=true (logging to Weights & Biases)") from None
+    id_file = run_dir / WANDB_ID
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = uuid.uuid4().hex[:16]
+        id_file.write_text(run_id + "\n")
+    return wandb.init(project=project, group=group, name=run_dir.name, id=run_id, resume="allow",
+                      dir=str(run_dir), config=config or {})
 
 
 def to_float(value) -> float:
@@ -28,7 +63,8 @@ def to_float(value) -> float:
 
 class Logger:
     def __init__(self, run_dir: Path, *, total: int, start: int = 0, unit: str = "step",
-                 jsonl_size: int | None = None, progress: bool = True, tensorboard: bool = True):
+                 jsonl_size: int | None = None, progress: bool = True, tensorboard: bool = True,
+                 wandb: dict | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / METRICS
@@ -41,6 +77,7 @@ class Logger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start if start else None)
+        self._wandb = start_wandb(self.run_dir, **wandb) if wandb else None  # wandb_settings(cfg)
         self._bar = None
         if progress:
             from tqdm import tqdm
@@ -82,6 +119,8 @@ class Logger:
             values[f"{prefix}{key}"] = v
             if self._tb is not None and math.isfinite(v):
                 self._tb.add_scalar(f"{prefix}{key}", v, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
         record = {"step": step, "time": time.time(), **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -123,4 +162,7 @@ class Logger:
             self._bar.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         self._jsonl.close()

@@ -51,7 +51,7 @@ from coworld.run.checkpoint import (
     set_rng_state,
     write_text_atomic,
 )
-from coworld.run.logger import Logger, to_float
+from coworld.run.logger import Logger, to_float, wandb_settings
 
 __all__ = ["Session", "RunFinished", "TrainingDiverged", "CHANGEABLE", "track", "close_tracked", "diverged"]
 
@@ -365,7 +365,7 @@ class Session:
         if self.resuming:
             self.saved_step = position
         self.logger = Logger(self.dir, total=self.total, start=position, unit=self.unit,
-                             jsonl_size=jsonl_size, progress=self._progress)
+                             jsonl_size=jsonl_size, progress=self._progress, wandb=wandb_settings(self.cfg))
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         return self.logger
