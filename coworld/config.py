@@ -157,6 +157,15 @@ class CoWorldConfig:
     reward_align: bool = True  # stage B
     value_constraint: bool = True  # stage C
     no_max: bool = False  # "w/o max": alpha * v_T instead of alpha * max(v_T, sg v_S)
+    # Source simulators (docs/algorithms.md#state-input-source): env options applied to the source envs
+    #   only, over env.options; {obs = "state"} makes the sources state-input (paper Table 4: an MLP
+    #   encoder reads obs["state"]), {reward = "sparse"} gives sparse-reward sources (Table 5).
+    source_options: dict = field(default_factory=dict)
+    target_states: bool = True  # a state-input source may read the target dataset's `state` key (training
+    #   only; the target policy reads images) so that stages A and B run; false: A and B are switched off
+    # DV2 Finetune + EWC (docs/algorithms.md#dv2-finetune-ewc): penalty lambda/2 * sum_i F_i (theta_i - theta*_i)^2
+    ewc_lambda: float = 1.0  # lambda; 1 = EWC's Laplace estimate of the source loss's growth (the paper gives none)
+    ewc_batches: int = 100  # N source batches whose squared batch gradients (times B) are averaged into F
 
 
 @dataclass

@@ -9,6 +9,7 @@ selection, each next to the paper equation it implements (docs/algorithms.md#two
     stage C  min-max value constraint Eq. 6    value_constraint_loss / value_constraint_hook
     actions  source/target adapter    (none)   ActionAdapter
     multi    source selection         App. C   domain_distances / select_source
+    state    state-input source       Table 4  StateSourceAgent (docs/algorithms.md#state-input-source)
 
 The hook builders return the callables that plug into a DreamerAgent's updates:
 ``world_model_step(batch, extra_loss=hook)`` and ``behaviour_step(post, critic_extra=hook)``.
@@ -25,8 +26,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from coworld.algos.dreamer import DreamerAgent, Optimizer
 from coworld.config import Config
 from coworld.errors import UserError
+from coworld.nets import WorldModel
 
 # ---------------------------------------------------------------------------
 # Part 1: the collaborative mechanisms
@@ -70,21 +73,28 @@ def state_alignment_loss(
     return beta2 * factor * per_frame.mean()
 
 
-def state_alignment_hook(source_agent, cfg: Config):
+def state_alignment_hook(source_agent, cfg: Config, source_obs: torch.Tensor | None = None):
     """Build ``extra_loss(out)`` for the TARGET agent's ``world_model_step`` (stage A).
 
     The source encoder, frozen, embeds the same target frames (``out["image"]``, already
     preprocessed to o / 255 - 0.5, channels-first, so it goes straight to the encoder);
     the loss of :func:`state_alignment_loss` is added to the target world-model loss, so
     only the target encoder (``out["embed"]``) is pulled toward the source's embedding.
+    A state-input source embeds ``source_obs`` instead, the target batch's recorded states
+    (B, L, n), step for step with its frames (docs/algorithms.md#state-input-source).
     Returns ``None`` when ``cfg.coworld.state_align`` is off.
     """
     if not cfg.coworld.state_align:
         return None
+    if getattr(source_agent.wm, "obs_key", "image") != "image" and source_obs is None:
+        raise ValueError("a state-input source needs the target batch's states for stage A")
 
     def extra_loss(out):
         with torch.no_grad():
-            source_embed = source_agent.wm.encoder(out["image"])
+            if source_obs is None:
+                source_embed = source_agent.wm.encoder(out["image"])
+            else:
+                source_embed = source_agent.wm.encode(source_obs.to(out["embed"].device))
         loss = state_alignment_loss(out["embed"], source_embed, cfg.coworld.beta2, cfg.coworld.align_scale)
         return loss, {"coworld/align_loss": loss.detach()}
 
@@ -163,7 +173,7 @@ def reward_alignment_hook(source_agent, target_batch: dict, eta: float, cfg: Con
         # the way the world-model loss computes it (mean over B, L of the per-step NLL).
         nll_source = wm.reward_nll(out["feat"], out["reward"]).mean()
         # NLL_T: the source model on the target batch (gradient reaches encoder, RSSM, head).
-        embed = wm.encode(target_batch["image"])
+        embed = wm.encode(target_batch[getattr(wm, "obs_key", "image")])  # frames, or a state-input source's recorded states
         action = adapter(target_batch["action"])
         post, _ = wm.observe(embed, action, target_batch["is_first"])
         pred = wm.reward(wm.feat(post))  # (B, L)
@@ -272,18 +282,48 @@ class ActionAdapter:
 
 
 @torch.no_grad()
-def domain_distances(target_agent, source_agents, target_images: torch.Tensor) -> torch.Tensor:
+def domain_distances(target_agent, source_agents, target_images: torch.Tensor,
+                     source_inputs: list[torch.Tensor] | None = None) -> torch.Tensor:
     """D_i = per-frame mean KL( softmax(sg E_Si(o^T)) || softmax(E_T(o^T)) ), one per source.
 
-    target_images: (B, L, 64, 64, 3) uint8 target frames. Returns (K,) for K sources.
+    target_images: (B, L, 64, 64, 3) uint8 target frames. ``source_inputs``: what each source encodes
+    (default the same frames; a state-input source: the frames' recorded states). Returns (K,).
     """
-    def embed(agent):
-        return agent.wm.encode(target_images.to(next(agent.wm.parameters()).device)).float().cpu()
+    def embed(agent, inputs):
+        return agent.wm.encode(inputs.to(next(agent.wm.parameters()).device)).float().cpu()
 
-    target_embed = embed(target_agent)
-    return torch.stack([embedding_kl(embed(src), target_embed).mean() for src in source_agents])
+    target_embed = embed(target_agent, target_images)
+    inputs = source_inputs or [target_images] * len(source_agents)
+    return torch.stack([embedding_kl(embed(src, x), target_embed).mean() for src, x in zip(source_agents, inputs)])
 
 
 def select_source(distances: torch.Tensor) -> int:
     """The closest source: argmin_i D_i (one-hot weights over the K candidates)."""
     return int(torch.argmin(distances))
+
+
+# --- State-input source (paper Table 4, docs/algorithms.md#state-input-source) ------------
+
+
+class StateSourceAgent(DreamerAgent):
+    """A DreamerV2 agent whose world model reads the low-dimensional ``state`` observation through an
+    MLP encoder and reconstructs it (``WorldModel(state_dim=n)``); RSSM, heads, actor and critic are
+    those of the image agent, so its features have the target's layout (stage C reads them).
+
+    It acts on ``obs["state"]`` and filters batches' ``state`` key: the inherited image paths are
+    handed the state in the image's place (the world model's ``encode`` takes either).
+    """
+
+    def __init__(self, cfg: Config, action_dim: int, state_dim: int, device="cpu"):
+        super().__init__(cfg, action_dim, device=device)
+        m, b = cfg.model, cfg.behaviour
+        self.state_dim = int(state_dim)
+        self.wm = WorldModel(cfg, self.action_dim, state_dim=self.state_dim).to(self.device)
+        self.model_opt = Optimizer(self.wm.parameters(), m.lr, eps=b.eps, clip=b.grad_clip,
+                                   weight_decay=m.weight_decay, scaler=cfg.train.amp == "fp16", device=self.device)
+
+    def act(self, obs, state, is_first, explore):
+        return super().act({"image": obs["state"]}, state, is_first, explore)
+
+    def posterior(self, batch):
+        return super().posterior({**batch, "image": batch["state"]})

@@ -141,6 +141,34 @@ class Decoder(nn.Module):
         return x.reshape(*lead, 3, 64, 64)
 
 
+class StateEncoder(nn.Module):
+    """Low-dimensional state ``(…, n)`` -> embed ``(…, E)``: an MLP with ``STATE_LAYERS`` hidden ELU layers
+    of width ``units`` and an ELU output, so that its embedding has the conv encoder's size and
+    activation (a state-input CoWorld source, docs/algorithms.md#state-input-source)."""
+
+    def __init__(self, state_dim: int, out_dim: int, units: int):
+        super().__init__()
+        self.net = nn.Sequential(mlp(state_dim, out_dim, units, STATE_LAYERS), nn.ELU())
+        self.out_dim = out_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class StateDecoder(nn.Module):
+    """feat ``(…, F)`` -> mean state ``(…, n)``: an MLP with ``STATE_LAYERS`` hidden ELU layers."""
+
+    def __init__(self, feat_dim: int, state_dim: int, units: int):
+        super().__init__()
+        self.net = mlp(feat_dim, state_dim, units, STATE_LAYERS)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        return self.net(feat)
+
+
+STATE_LAYERS = 2  # hidden layers of the state encoder and decoder (width model.units)
+
+
 # ----------------------------------------------------------------------------- RSSM
 
 
@@ -375,24 +403,34 @@ def kl_balance(
 
 
 class WorldModel(nn.Module):
-    """Encoder, RSSM, decoder and heads, with the DreamerV2 loss (docs/algorithms.md#world-model)."""
+    """Encoder, RSSM, decoder and heads, with the DreamerV2 loss (docs/algorithms.md#world-model).
 
-    def __init__(self, cfg: Config, action_dim: int):
+    ``state_dim > 0`` builds a state-input model (docs/algorithms.md#state-input-source): it reads the
+    low-dimensional ``state`` observation through :class:`StateEncoder` (same embedding size E as the
+    conv encoder) and reconstructs it with :class:`StateDecoder`; ``obs_key`` names the observation
+    a model reads ("image" or "state"). The default (0) is the image model, unchanged."""
+
+    def __init__(self, cfg: Config, action_dim: int, state_dim: int = 0):
         super().__init__()
         m = cfg.model
         self.cfg = m
-        self.encoder = Encoder(m.depth)
+        self.obs_key = "state" if state_dim else "image"
+        self.encoder = StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim else Encoder(m.depth)
         self.rssm = RSSM(m, action_dim, self.encoder.out_dim, heads=max(1, m.ensemble))
         self.feat_dim = self.rssm.stoch_dim + m.deter
-        self.decoder = Decoder(self.feat_dim, m.depth)
+        self.decoder = StateDecoder(self.feat_dim, state_dim, m.units) if state_dim else Decoder(self.feat_dim, m.depth)
         self.reward_head = mlp(self.feat_dim, 1, m.units, m.reward_layers)
         self.discount_head = (
             mlp(self.feat_dim, 1, m.units, m.discount_layers) if m.discount_head else None
         )
 
-    def encode(self, image: Tensor) -> Tensor:
-        """uint8 image (…, 64, 64, 3) -> embed (…, E)."""
-        return self.encoder(preprocess(image))
+    def encode(self, obs: Tensor) -> Tensor:
+        """uint8 image (…, 64, 64, 3) -> embed (…, E); a state model: state (…, n) -> embed (…, E)."""
+        return self.encoder(self.prepare(obs))
+
+    def prepare(self, obs: Tensor) -> Tensor:
+        """The encoder's and decoder's input scale: :func:`preprocess` for images, float32 for states."""
+        return obs.float() if self.obs_key == "state" else preprocess(obs)
 
     def observe(self, embed: Tensor, action: Tensor, is_first: Tensor):
         return self.rssm.observe(embed, action, is_first)
@@ -423,12 +461,12 @@ class WorldModel(nn.Module):
         balanced KL to the posterior, so every member is trained like the prior.
         """
         m = self.cfg
-        image = preprocess(batch["image"])  # (B, L, 3, 64, 64)
+        image = self.prepare(batch[self.obs_key])  # (B, L, 3, 64, 64); a state model: (B, L, n)
         embed = self.encoder(image)
         post, prior = self.observe(embed, batch["action"], batch["is_first"])
         feat = self.feat(post)
 
-        image_loss = gaussian_nll(self.decoder(feat), image, event_dims=3).mean()
+        image_loss = gaussian_nll(self.decoder(feat), image, event_dims=image.dim() - 2).mean()
         reward_loss = self.reward_nll(feat, batch["reward"]).mean()
         heads = self.rssm.head_params(post["deter"]) if len(self.rssm.prior_heads) > 1 else [prior]
         kl_losses, kls = zip(
@@ -437,7 +475,7 @@ class WorldModel(nn.Module):
         kl_loss = torch.stack(kl_losses).mean()
         loss = image_loss + m.reward_scale * reward_loss + m.kl_scale * kl_loss
         metrics = {
-            "model/image_loss": image_loss.detach(),
+            f"model/{self.obs_key}_loss": image_loss.detach(),
             "model/reward_loss": reward_loss.detach(),
             "model/kl": kls[0],
             "model/kl_loss": kl_loss.detach(),
@@ -450,7 +488,7 @@ class WorldModel(nn.Module):
             loss = loss + m.discount_scale * disc_loss
             metrics["model/discount_loss"] = disc_loss.detach()
         out = {
-            "embed": embed, "post": post, "prior": prior, "feat": feat, "image": image,
+            "embed": embed, "post": post, "prior": prior, "feat": feat, self.obs_key: image,
             "action": batch["action"], "reward": batch["reward"], "is_first": batch["is_first"],
         }
         return loss, out, metrics

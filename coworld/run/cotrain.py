@@ -24,11 +24,16 @@ every stage. Every stage keeps at least one update: the prefill holds at least o
 episode plus one batch window, so the source warm-up trains from its first step.
 
 DV2 Finetune (paper Section 4, baselines) reuses the same pieces: pretrain one agent online
-in the source, then finetune all of it on the offline target data.
+in the source, then finetune all of it on the offline target data; DV2 Finetune + EWC adds an
+elastic-weight-consolidation penalty towards the pretrained weights (:mod:`coworld.algos.ewc`).
+
+``coworld.source_options`` are env options for the source simulators only; ``{obs = "state"}``
+gives state-input sources (paper Table 4, docs/algorithms.md#state-input-source).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +43,7 @@ import torch
 from coworld import envs
 from coworld.algos.coworld import (
     ActionAdapter,
+    StateSourceAgent,
     domain_distances,
     eta_at,
     reward_alignment_hook,
@@ -46,7 +52,9 @@ from coworld.algos.coworld import (
     value_constraint_hook,
 )
 from coworld.algos.dreamer import DreamerAgent
+from coworld.algos.ewc import EWC, ewc_hooks
 from coworld.config import Config
+from coworld.errors import UserError
 from coworld.data.replay import Replay
 from coworld.run.driver import Collector
 from coworld.run.session import Session
@@ -142,17 +150,37 @@ class ActionSlice:
         return action[:, : self.action_dim], state
 
 
+def source_config(cfg: Config) -> Config:
+    """The config the source simulators are made with: ``coworld.source_options`` over ``env.options``."""
+    if not cfg.coworld.source_options:
+        return cfg
+    out = copy.deepcopy(cfg)
+    out.env.options = {**cfg.env.options, **cfg.coworld.source_options}
+    return out
+
+
+def state_source(cfg: Config) -> bool:
+    """Whether the sources read the low-dimensional state (``coworld.source_options = {obs = "state"}``)."""
+    return source_config(cfg).env.options.get("obs", "image") == "state"
+
+
 class SourceWorker:
-    """One source simulator: its agent, online replay (on disk) and collector."""
+    """One source simulator: its agent, online replay (on disk) and collector. With a state-input
+    source (:func:`state_source`) the agent is a :class:`StateSourceAgent` and the replay samples ``state``."""
 
     def __init__(self, index: int, env_id: str, cfg: Config, run_dir: Path, device, target_dim: int,
                  agent_dim: int | None = None):
         self.env_id = env_id
-        self.env = make_env(cfg, env_id)
+        self.env = make_env(source_config(cfg), env_id)
         self.action_dim = envs.spec(env_id).action_dim
-        self.agent = DreamerAgent(cfg, agent_dim or self.action_dim, device=device)
+        self.state_dim = int(self.env.observation_space["state"].shape[0]) if state_source(cfg) else 0
+        if self.state_dim:
+            self.agent = StateSourceAgent(cfg, agent_dim or self.action_dim, self.state_dim, device=device)
+        else:
+            self.agent = DreamerAgent(cfg, agent_dim or self.action_dim, device=device)
         self.policy = ActionSlice(self.agent, self.action_dim) if agent_dim else self.agent
-        self.replay = Replay(run_dir / f"replay-source{index}", seed=cfg.seed + 101 * (index + 1), readonly=False)
+        self.replay = Replay(run_dir / f"replay-source{index}", seed=cfg.seed + 101 * (index + 1), readonly=False,
+                             extra_keys=("state",) if self.state_dim else ())
         self.collector = Collector(self.env, self.replay, seed=cfg.seed + 1000 * (index + 1),
                                    action_dim=self.action_dim)
         self.adapter = ActionAdapter(self.action_dim, target_dim, cfg.coworld.action_adapter)
@@ -163,16 +191,34 @@ class SourceWorker:
                 f"source{i}_collector": self.collector}
 
 
+def dataset_state_dim(directory) -> int:
+    """Size of the ``state`` key of a dataset's first episode (0 when it has none)."""
+    from coworld.data.episodes import list_episode_files, load_episode
+
+    files = list_episode_files(directory) if Path(directory).is_dir() else []
+    if not files:
+        return 0
+    state = load_episode(files[0]).get("state")
+    return int(state.shape[-1]) if state is not None and state.ndim == 2 else 0
+
+
 class CoWorldTrainer(BaseTrainer):
-    """CoWorld (``finetune=False``) or DV2 Finetune (``finetune=True``, one source)."""
+    """CoWorld (``finetune=False``) or DV2 Finetune (``finetune=True``, one source; ``ewc=True``: with
+    the EWC penalty, docs/algorithms.md#dv2-finetune-ewc)."""
 
     def __init__(self, session: Session, source_ids: list[str], target_dataset: str, target_env: str | None,
-                 finetune: bool = False):
+                 finetune: bool = False, ewc: bool = False):
         self.session = session
         self.finetune = finetune
         cfg = self.cfg = session.cfg
         device = session.device
-        self.target_replay = Replay(target_dataset, seed=cfg.seed + 17)
+        self.notes = []  # stages switched off for a state-input source, logged when the run begins
+        self.stage_a = self.stage_b = True
+        self.target_states = False  # the target batches carry `state` (read by state-input sources)
+        if state_source(cfg):
+            self.target_states = self.plan_state_source(source_ids, target_dataset, finetune)
+        self.target_replay = Replay(target_dataset, seed=cfg.seed + 17,
+                                    extra_keys=("state",) if self.target_states else ())
         # image size and (with a target env) action dimension, before the source prefill
         self.target_dim = check_dataset(self.target_replay, cfg, target_env)
         if finetune:  # one agent, pretrained in the source then finetuned: actions padded to the larger space
@@ -189,6 +235,15 @@ class CoWorldTrainer(BaseTrainer):
             self.schedule = build_schedule(cfg, session.total, len(self.sources), self.min_prefill())
         # eta's linear decay runs over the source steps of the reward-alignment stage
         self.align_steps = sum(p.length for p in self.schedule if p.kind == "source" and p.align)
+        self.ewc = None
+        if ewc:
+            if cfg.train.amp == "fp16":
+                raise UserError("dv2-finetune-ewc adds the actor's penalty through the critic's fp16 loss scale; "
+                                "use --set train.amp=none or bf16")
+            if cfg.coworld.ewc_batches < 1:
+                raise UserError(f"coworld.ewc_batches must be >= 1 (source batches for the Fisher); "
+                                f"got {cfg.coworld.ewc_batches}")
+            self.ewc = EWC()
         self.eval_env = make_env(cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
@@ -197,6 +252,39 @@ class CoWorldTrainer(BaseTrainer):
                          "phase_updates": [0] * len(self.schedule)}
         self.components = self.checkpointed()
         self.tag, self.step_metrics = "target/", None
+
+    def plan_state_source(self, source_ids: list[str], target_dataset: str, finetune: bool) -> bool:
+        """Which stages a state-input source can serve (docs/algorithms.md#state-input-source); returns
+        whether the target batches must carry the dataset's recorded states (stages A, B)."""
+        cfg = self.cfg
+        if finetune:
+            raise UserError("DV2 Finetune (and + EWC) cannot use a state-input source: one agent is pretrained "
+                            "on states and finetuned on images, so no part of its encoder or decoder transfers "
+                            "(the paper reports it only for CoWorld); drop coworld.source_options.obs=state")
+        dims = set()
+        for sid in source_ids:  # (the sources' envs are made later; this one only tells the state size)
+            env = envs.make(sid, **source_config(cfg).env.options)
+            dims.add(int(env.observation_space["state"].shape[0]))
+            env.close()
+        have = dataset_state_dim(target_dataset)
+        why = None
+        if not cfg.coworld.target_states:
+            why = "coworld.target_states is false"
+        elif not have:
+            why = "the target dataset has no 'state' key"
+        elif dims != {have}:
+            why = f"the target dataset's states have {have} dims, the sources' {sorted(dims)}"
+        if why is None:
+            self.notes.append(f"[state source] stages A and B read the target dataset's recorded states "
+                              f"({have} dims; training only, the target policy reads images); stage C unchanged")
+            return True
+        if len(source_ids) > 1:
+            raise UserError(f"several state-input sources need the target dataset's states to choose between "
+                            f"them ({why}); give one --source")
+        self.stage_a = self.stage_b = False
+        self.notes.append(f"[state source] stages A and B are OFF: {why}, so the source model cannot read target "
+                          "data; stage C runs on unaligned latents, as in the paper's 'w/o A' ablation")
+        return False
 
     def min_prefill(self) -> int:
         """One episode of the longest source plus one batch window, so warm-up trains at once."""
@@ -208,6 +296,8 @@ class CoWorldTrainer(BaseTrainer):
             comps.update(src.components(i))
         if not self.finetune:
             comps["target_agent"] = self.target
+        if self.ewc is not None:
+            comps["ewc"] = self.ewc
         return comps
 
     # -- the pieces of work ------------------------------------------------------------------
@@ -218,7 +308,8 @@ class CoWorldTrainer(BaseTrainer):
     def select(self, units: int) -> None:
         if len(self.sources) > 1:
             batch = self.sample_target()
-            dist = domain_distances(self.target, [s.agent for s in self.sources], batch["image"])
+            agents = [s.agent for s in self.sources]
+            dist = domain_distances(self.target, agents, batch["image"], [batch[a.wm.obs_key] for a in agents])
             self.counters["selected"] = select_source(dist)
             values = {f"domain_kl/source{i}": float(d) for i, d in enumerate(dist)}
             self.session.logger.scalars(units, {**values, "selected_source": self.counters["selected"]},
@@ -246,7 +337,7 @@ class CoWorldTrainer(BaseTrainer):
     def source_update(self, src: SourceWorker, align: bool) -> dict:
         t = self.cfg.train
         hook = None
-        if align:
+        if align and self.stage_b:
             eta = eta_at(self.counters["aligned"] / max(self.align_steps - 1, 1), self.cfg)
             hook = reward_alignment_hook(src.agent, self.sample_target(), eta, self.cfg, src.adapter)
         batch = src.replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling)
@@ -257,12 +348,29 @@ class CoWorldTrainer(BaseTrainer):
     def target_update(self, wm_only: bool) -> dict:
         self.counters["target_updates"] += 1
         if self.finetune:
-            return self.target.update(pad_actions(self.sample_target(), self.joint_dim))
+            hooks = self.ewc_hooks() if self.ewc is not None else (None, None)
+            return self.target.update(pad_actions(self.sample_target(), self.joint_dim), *hooks)
         src = self.sources[self.counters["selected"]].agent
-        align = state_alignment_hook(src, self.cfg)  # stage A on the target world model
+        batch = self.sample_target()
+        # stage A on the target world model (a state-input source embeds the batch's recorded states)
+        align = state_alignment_hook(src, self.cfg, batch.get("state") if src.wm.obs_key == "state" else None) \
+            if self.stage_a else None
         if wm_only:
-            return self.target.world_model_step(self.sample_target(), extra_loss=align)[1]
-        return self.target.update(self.sample_target(), wm_hook=align, critic_hook=value_constraint_hook(src, self.cfg))
+            return self.target.world_model_step(batch, extra_loss=align)[1]
+        return self.target.update(batch, wm_hook=align, critic_hook=value_constraint_hook(src, self.cfg))
+
+    def ewc_hooks(self):
+        """DV2 Finetune + EWC: the penalty hooks; theta* and F are taken at the first target update
+        (the end of source pretraining) and kept in the checkpoint, so a resumed run reuses them."""
+        if not self.ewc.ready:
+            src, t = self.sources[0], self.cfg.train
+            sample = lambda: pad_actions(  # noqa: E731
+                src.replay.sample(t.batch, t.length, device=self.session.device, mode=t.sampling), self.joint_dim)
+            stats = self.ewc.compute(self.target, sample, self.cfg.coworld.ewc_batches)
+            self.session.logger.scalars(self.counters["units"], stats)
+            self.session.logger.write(f"[ewc] Fisher from {self.ewc.batches} source batches: "
+                                      + ", ".join(f"{k.split('_')[-1]} {v:.3g}" for k, v in stats.items()))
+        return ewc_hooks(self.target, self.ewc, self.cfg.coworld.ewc_lambda)
 
     def evaluation_due(self) -> bool:
         """Before a target block: at the first one, then once ``train.eval_every`` progress units
@@ -291,6 +399,8 @@ class CoWorldTrainer(BaseTrainer):
         return self.counters["units"]
 
     def begin(self) -> None:
+        for note in self.notes:
+            self.session.logger.write(note)
         self.write_schedule()
 
     def step(self) -> dict | None:
@@ -345,7 +455,7 @@ class CoWorldTrainer(BaseTrainer):
 
 def evaluation_agent(run_args: dict, cfg: Config, state: dict):
     """(policy acting in the target env, target env id) of a saved CoWorld / DV2 Finetune run."""
-    if run_args["algo"] == "dv2-finetune":
+    if run_args["algo"] in ("dv2-finetune", "dv2-finetune-ewc"):
         dims = state["dims"]
         agent = DreamerAgent(cfg, dims["source0_agent"])
         agent.load_checkpoint_state(state["source0_agent"])

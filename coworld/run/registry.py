@@ -72,12 +72,12 @@ def _train_offline(session, inputs):
     return train_offline(session, inputs["agent"], inputs["dataset"], inputs.get("env"))
 
 
-def _train_cotrain(finetune: bool):
+def _train_cotrain(finetune: bool, ewc: bool = False):
     def train(session, inputs):
         from coworld.run.cotrain import CoWorldTrainer
 
         return CoWorldTrainer(session, inputs["source"], inputs["target_dataset"], inputs.get("target_env"),
-                              finetune=finetune).run()
+                              finetune=finetune, ewc=ewc).run()
 
     return train
 
@@ -123,6 +123,10 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"),
               ("target_env",), _train_cotrain(True), _cotrain_policy, extendable=False, demo="DV2 Finetune"),
+    Algorithm("dv2-finetune-ewc", "DV2 Finetune with an EWC penalty towards the pretrained source weights "
+              "(Kirkpatrick et al. 2017)", "source environment steps (CoWorld's schedule and budget)",
+              "unit", ("source", "target_dataset"), ("target_env",), _train_cotrain(True, ewc=True), _cotrain_policy,
+              extendable=False, demo="DV2 Finetune + EWC"),
     Algorithm("lompo", "LOMPO on --dataset: latent model with a forward-model ensemble, SAC on real latents and "
               "uncertainty-penalised latent rollouts (Rafailov et al. 2021)", "gradient updates", "update",
               ("dataset",), ("env",), _train_offline, _single_policy, _lompo_agent,
