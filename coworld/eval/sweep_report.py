@@ -764,7 +764,9 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
         caption = (f"Final evaluation return{_group_title(group)}: mean over {seeds} seeds"
                    f" ({ep_text} per evaluation, averaged within a seed) with 95% bootstrap intervals; "
                    "averages over tasks as strata. Bold: interval above every other method's.")
-        section = [f"## Final return{_group_title(group)}", "", markdown_table(layout), ""]
+        section = [f"## Final return{_group_title(group)}", "", markdown_table(layout), "",
+                   f"{seeds} seed{'s' if seeds != 1 else ''} per cell (a cell with another count says n=), "
+                   f"{ep_text} per evaluation.", ""]
         tex.append(latex_table(layout, caption, f"tab:{sweep.experiment}-{gi}"))
         imp = improvements(by_method, focus, reps)
         if imp:

@@ -218,6 +218,7 @@ def test_cli_writes_every_file_and_tables_parse(sweep, capsys):
     widths = {len(cells_of_markdown(line)) for line in block}
     assert widths == {1 + 2 + 2} and len(block) == 2 + 2  # method, A, B, two averages; header, rule, 2 rows
     assert "**3.0**" in md  # CoWorld on A, the only supported best
+    assert "3 seeds per cell" in md and "1-4 episodes per evaluation" in md
     tex = (out / "table.tex").read_text()
     tabular = tex[tex.index(r"\begin{tabular}{lrrrr}"):tex.index(r"\end{tabular}")]
     rows = [line for line in tabular.splitlines() if line.endswith(r"\\")]
