@@ -86,7 +86,7 @@ def read_evaluations(records: list[dict], tag: str) -> list[dict]:
             if pending.get("step") != r.get("step"):
                 pending = {"step": r.get("step")}
             pending.update(found)
-        if isinstance(r.get(f"{tag}/returns"), list):
+        if isinstance(r.get(f"{tag}/returns"), list) and r[f"{tag}/returns"]:
             entry = {"step": r.get("step"), "returns": [float(x) for x in r[f"{tag}/returns"]]}
             if pending.get("step") == r.get("step"):
                 entry.update({k: v for k, v in pending.items() if k != "step"})
