@@ -22,19 +22,20 @@ from coworld.algos.multitask import MultiTaskAgent, split_batch
 from coworld.config import Config
 from coworld.data.replay import Replay
 from coworld.errors import UserError
-from coworld.run.cotrain import CoWorldTrainer, build_schedule
+from coworld.run.cotrain import CoWorldTrainer, build_schedule, source_config, state_source
 from coworld.run.driver import Collector
 from coworld.run.session import Session
 from coworld.run.train import check_dataset, log_openloop, make_env, run_evaluation
 
 
 class SourceSimulator:
-    """The source simulator's replay and collector; acts with the shared agent's source policy.
-    Same seeds as CoWorld's first source (``SourceWorker``), so both collect the same prefill."""
+    """The source simulator (made with ``coworld.source_options``), its replay and collector; acts with
+    the shared agent's source policy. Same seeds as CoWorld's first source (``SourceWorker``), so both
+    collect the same prefill."""
 
     def __init__(self, env_id: str, cfg: Config, run_dir: Path, agent: MultiTaskAgent):
         self.env_id = env_id
-        self.env = make_env(cfg, env_id)
+        self.env = make_env(source_config(cfg), env_id)
         self.action_dim = envs.spec(env_id).action_dim
         self.agent, self.policy = agent, agent.source  # agent.updates: what the schedule counts
         self.replay = Replay(run_dir / "replay-source0", seed=cfg.seed + 101, readonly=False)
@@ -63,6 +64,10 @@ class MultiTaskTrainer(CoWorldTrainer):
     def __init__(self, session: Session, source_ids: list[str], target_dataset: str, target_env: str | None):
         if len(source_ids) != 1:
             raise UserError("--algo multitask-dv2 takes exactly one --source")
+        if state_source(session.cfg):
+            raise UserError("Multi-Task DV2 has one image world model for both domains, so it cannot read a "
+                            "state-input source (the paper reports that setting only for CoWorld); drop "
+                            "coworld.source_options.obs=state")
         self.session, self.finetune, self.notes = session, False, []
         cfg = self.cfg = session.cfg
         self.rows = split_batch(cfg.train.batch)

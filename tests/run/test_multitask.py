@@ -41,6 +41,12 @@ def test_takes_exactly_one_source(tmp_path, target_data, capsys):
     assert not (tmp_path / "two").exists()  # refused before anything is written
 
 
+def test_state_input_source_refused(tmp_path, target_data, capsys):
+    code = main(["train", *mt_args(target_data), "--steps", "10", "--logdir", str(tmp_path / "state"),
+                 "--no-progress", "--set", "coworld.source_options={obs = \"state\"}"])
+    assert code == 2 and "state-input source" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_runs_coworld_schedule_logs_per_agent_and_evaluates(tmp_path, target_data):
     logdir = tmp_path / "mt"
