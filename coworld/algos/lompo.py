@@ -139,6 +139,8 @@ class LompoAgent(nn.Module):
         for name in ("horizon", "rollout_starts", "rollout_every", "batch", "sac_updates", "hidden"):
             if getattr(c, name) <= 0:
                 raise UserError(f"lompo.{name} must be positive; got {getattr(c, name)}")
+        if cfg.train.amp != "none" or cfg.train.compile:
+            raise UserError("LOMPO runs its updates eagerly in float32: leave train.amp=none and train.compile=false")
         if not 0.0 <= c.real_ratio <= 1.0:
             raise UserError(f"lompo.real_ratio is a fraction of the SAC batch: between 0 and 1; got {c.real_ratio}")
         self.cfg, self.action_dim = cfg, int(action_dim)

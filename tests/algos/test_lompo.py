@@ -194,6 +194,8 @@ def test_settings_are_checked():
         make_agent("model.ensemble=1")
     with pytest.raises(UserError, match="real_ratio"):
         make_agent("lompo.real_ratio=1.5")
+    with pytest.raises(UserError, match="amp"):
+        make_agent("train.amp=bf16")
 
 
 # -- through the CLI ----------------------------------------------------------------------------
