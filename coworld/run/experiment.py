@@ -14,11 +14,13 @@ An experiment file (``experiments/*.toml``, docs/experiments.md) names
   ``coworld data make``'s code);
 - ``[[methods]]``: ``label`` (shown in reports), ``algo`` (a registered algorithm), optional
   ``ablations`` (``no_state_align``, ``no_reward_align``, ``no_value_constraint``, ``no_max``),
-  ``overrides``, ``preset``, ``steps``, ``resources``, ``group``, and ``tasks`` (the task labels it
-  runs on; all by default);
-- ``[[tasks]]``: ``label`` (the stratum), ``source`` (env ids), ``target_env``, ``target_dataset``
-  (a need's name), or ``env`` / ``dataset`` for single-domain tasks, optional ``overrides`` and
-  ``group``;
+  ``overrides``, ``preset``, ``steps``, ``resources``, ``group``, ``tasks`` (the task labels it
+  runs on; all by default) and ``multi_source = true`` (it trains with the task's ``multi_source``
+  candidates instead of its ``source``: multi-source CoWorld, docs/algorithms.md#multi-source);
+- ``[[tasks]]``: ``label`` (the stratum), ``source`` (env ids), ``multi_source`` (candidate env ids),
+  ``target_env``, ``target_dataset`` (a need's name), or ``env`` / ``dataset`` for single-domain
+  tasks, optional ``overrides``, ``group`` and ``methods`` (the method labels that run on it; all by
+  default);
 - ``[variants.NAME]``: replacements of ``[experiment]`` keys (and ``needs`` entries, by name, and a
   ``methods`` list of labels to keep), picked with ``coworld sweep --variant NAME``.
 
@@ -44,8 +46,10 @@ from coworld.run.api import ABLATIONS
 EXPERIMENT_KEYS = {"name", "description", "preset", "seeds", "steps", "evaluations", "overrides", "resources"}
 NEED_KEYS = {"name", "path", "make", "scripted", "description"}
 SCRIPTED_KEYS = {"env", "level", "episodes", "seed", "time_limit"}
-METHOD_KEYS = {"label", "algo", "ablations", "overrides", "preset", "steps", "resources", "group", "tasks"}
-TASK_KEYS = {"label", "source", "target_env", "target_dataset", "env", "dataset", "overrides", "group"}
+METHOD_KEYS = {"label", "algo", "ablations", "overrides", "preset", "steps", "resources", "group", "tasks",
+               "multi_source"}
+TASK_KEYS = {"label", "source", "multi_source", "target_env", "target_dataset", "env", "dataset", "overrides",
+             "group", "methods"}
 STEP_KINDS = ("source", "offline", "online")
 DATA_FIELDS = ("target_dataset", "dataset")
 
@@ -251,13 +255,15 @@ def load_experiment(path, *, variant: str | None = None, data_root="data", check
         w = f"{where} [[tasks]] #{i + 1}"
         _table(task, w, TASK_KEYS, ("label",))
         task = dict(task)
-        if "source" in task:
-            task["source"] = _str_list(task["source"], w + " source")
+        for key in ("source", "multi_source"):
+            if key in task:
+                task[key] = _str_list(task[key], f"{w} {key}")
         for key in ("target_env", "env"):
             if key in task:
                 _spec(task[key], w)
-        for env_id in task.get("source", []):
+        for env_id in task.get("source", []) + task.get("multi_source", []):
             _spec(env_id, w)
+        task["methods"] = _str_list(task["methods"], w + " methods") if "methods" in task else None
         for key in DATA_FIELDS:
             if key in task and task[key] not in experiment.needs:
                 _fail(w, f"{key} = {task[key]!r} is not a dataset declared in [[needs]] "
@@ -283,6 +289,9 @@ def load_experiment(path, *, variant: str | None = None, data_root="data", check
         if "resources" in method:
             method["resources"] = _resources(method["resources"], w)
         method["tasks"] = _str_list(method["tasks"], w + " tasks") if "tasks" in method else None
+        method["multi_source"] = bool(method.get("multi_source", False))
+        if method["multi_source"] and "source" not in algo.needs:
+            _fail(w, f"multi_source = true needs an algorithm that trains with sources; {algo.name} takes none")
         experiment.methods.append(method)
     _check_labels(experiment, where)
     if methods:
@@ -290,6 +299,8 @@ def load_experiment(path, *, variant: str | None = None, data_root="data", check
     if tasks:
         experiment.tasks = _keep(experiment.tasks, tasks, "task", where)
     trials = expand(experiment)  # checks inputs, steps and config keys of every combination
+    if not trials:
+        _fail(where, "no trials: every method is restricted to tasks that are not selected")
     if check_data:
         check_datasets(experiment, trials)
     return experiment
@@ -320,20 +331,29 @@ def _check_labels(experiment: Experiment, where: str) -> None:
         bad = [t for t in m["tasks"] or [] if t not in task_labels]
         if bad:
             _fail(where, f"method {m['label']!r} names unknown task(s) {bad}; tasks: {sorted(task_labels)}")
+    method_labels = {m["label"] for m in experiment.methods}
+    for t in experiment.tasks:
+        bad = [m for m in t["methods"] or [] if m not in method_labels]
+        if bad:
+            _fail(where, f"task {t['label']!r} names unknown method(s) {bad}; methods: {sorted(method_labels)}")
 
 
-def task_inputs(task: dict, algo: registry.Algorithm, experiment: Experiment) -> dict:
+def task_inputs(task: dict, algo: registry.Algorithm, experiment: Experiment, multi_source: bool = False) -> dict:
     """The keyword inputs of ``coworld.train`` a method gets from a task: a single-domain method
     trains on the task's target data and is evaluated in the target env; a co-training one gets the
-    sources too. Raises a UserError naming what the task lacks."""
+    sources too (the ``multi_source`` candidates for a multi-source method). Raises a UserError
+    naming what the task lacks."""
     dataset = task.get("dataset") or task.get("target_dataset")
     target_data = task.get("target_dataset") or task.get("dataset")
     avail = {"env": task.get("env") or task.get("target_env"),
              "dataset": str(experiment.dataset_path(dataset)) if dataset else None,
-             "source": task.get("source") or None,
+             "source": (task.get("multi_source") if multi_source else task.get("source")) or None,
              "target_dataset": str(experiment.dataset_path(target_data)) if target_data else None,
              "target_env": task.get("target_env") or task.get("env")}
     missing = [k for k in algo.needs if not avail[k]]
+    if multi_source and not avail["source"]:
+        raise UserError(f"{experiment.file}: a multi-source method needs the task's multi_source list, which task "
+                        f"{task['label']!r} lacks")
     if missing:
         raise UserError(f"{experiment.file}: algorithm {algo.name} needs {', '.join(missing)}, which task "
                         f"{task['label']!r} lacks; give the task {' and '.join(missing)}, or list the method's "
@@ -363,7 +383,9 @@ def expand(experiment: Experiment) -> list[dict]:
         for task in experiment.tasks:
             if method["tasks"] is not None and task["label"] not in method["tasks"]:
                 continue
-            inputs = task_inputs(task, algo, experiment)
+            if task["methods"] is not None and method["label"] not in task["methods"]:
+                continue
+            inputs = task_inputs(task, algo, experiment, method["multi_source"])
             overrides = experiment.overrides + task["overrides"] + method["overrides"]
             try:
                 cfg = load_config(preset, overrides, defaults=algo.defaults)
@@ -374,7 +396,7 @@ def expand(experiment: Experiment) -> list[dict]:
             steps = steps_table[kind]
             co_updates = None  # target updates of CoWorld's schedule at the source budget
             if "source" in steps_table and (steps == "matched" or experiment.evaluations):
-                n_sources = len(task.get("source") or [None])
+                n_sources = len(inputs.get("source") or task.get("source") or [None])
                 co_cfg = load_config(preset, experiment.overrides + task["overrides"])
                 co_updates = sum(p.length for p in build_schedule(co_cfg, steps_table["source"], n_sources)
                                  if p.kind in ("target", "target_wm"))
