@@ -68,7 +68,8 @@ class MultiTaskTrainer(CoWorldTrainer):
             raise UserError("Multi-Task DV2 has one image world model for both domains, so it cannot read a "
                             "state-input source (the paper reports that setting only for CoWorld); drop "
                             "coworld.source_options.obs=state")
-        self.session, self.finetune, self.notes = session, False, []
+        # CoWorldTrainer's attributes that its inherited methods read (no EWC, no notes, no state source)
+        self.session, self.finetune, self.notes, self.ewc = session, False, [], None
         cfg = self.cfg = session.cfg
         self.rows = split_batch(cfg.train.batch)
         self.target_replay = Replay(target_dataset, seed=cfg.seed + 17)
