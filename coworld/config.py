@@ -131,6 +131,45 @@ class EnvConfig:
 
 
 @dataclass
+class ModelFreeConfig:
+    """The model-free pixel baselines DrQ+BC, CQL and CURL (docs/algorithms.md#model-free-pixel-baselines).
+    Defaults are V-D4RL's DrQ+BC / CQL on its offline DMC data (drqbc/cfgs: config.yaml, offline_dmc.yaml,
+    algo/*.yaml); CURL's differences come with its registry entry (coworld/presets/curl.toml lists them)."""
+
+    frame_stack: int = 3  # K frames per observation (stacks never cross an episode start)
+    nstep: int = 1  # n of the n-step TD target (V-D4RL offline_dmc: 1; its online DrQ-v2 config: 3)
+    gamma: float = 0.99  # discount of the TD target
+    pad: int = 4  # random shift: images moved by up to +-pad pixels (replicate padding); 0 = no augmentation
+    filters: int = 32  # conv encoder channels per layer
+    conv_layers: int = 4  # 3x3 conv layers (the first with stride 2)
+    feature_dim: int = 50  # output of the actor's and the critic's trunk (Linear -> LayerNorm)
+    hidden: int = 1024  # width of the two hidden layers of the actor and Q heads
+    trunk_tanh: bool = True  # tanh after the trunk's LayerNorm (DrQ-v2: yes; CURL: no)
+    actor: str = "drq"  # "drq": tanh mean + scheduled fixed std (DrQ-v2); "sac": learned std + temperature (CURL)
+    std_start: float = 1.0  # drq actor: exploration std schedule, linear from std_start ...
+    std_end: float = 0.1  # ... to std_end ...
+    std_updates: int = 125_000  # ... over this many updates (V-D4RL: linear(1.0,0.1,250000) in steps, 2 per update)
+    std_clip: float = 0.3  # drq actor: the noise of sampled actions is clipped to +-std_clip
+    log_std_min: float = -10.0  # sac actor: log std range (CURL)
+    log_std_max: float = 2.0
+    init_temperature: float = 0.1  # sac actor: initial alpha (CURL); target entropy -A
+    alpha_lr: float = 1e-4  # sac actor: temperature learning rate (CURL) ...
+    alpha_beta: float = 0.5  # ... and its Adam beta1 (CURL)
+    lr: float = 3e-4  # critic and encoder Adam learning rate (V-D4RL offline_dmc: 3e-4)
+    actor_lr: float = 3e-4  # actor Adam learning rate
+    encoder_lr: float = 1e-3  # CURL: learning rate of the contrastive step (encoder, critic trunk, W)
+    critic_tau: float = 0.01  # Polyak rate of the target Q heads (and, without a key encoder, the target trunk)
+    encoder_tau: float = 0.05  # CURL: Polyak rate of the momentum key encoder and the target trunk
+    actor_every: int = 1  # updates between actor steps (V-D4RL: every update; CURL: 2)
+    target_every: int = 1  # updates between target averagings (V-D4RL: every update; CURL: 2)
+    bc_alpha: float = 2.5  # DrQ+BC: TD3+BC's alpha, lambda = alpha / mean |Q|
+    cql_weight: float = 1.0  # CQL: weight of the conservative term (V-D4RL min_q_weight)
+    cql_temp: float = 1.0  # CQL: temperature of the log-sum-exp
+    cql_samples: int = 10  # CQL: uniform and policy actions sampled per state, each (V-D4RL num_random)
+    cql_importance: bool = False  # CQL: divide the samples by their proposal densities (Kumar et al. App. F)
+
+
+@dataclass
 class CoWorldConfig:
     """CoWorld's collaborative terms and schedule (docs/algorithms.md#stage-a to #multi-source)."""
 
@@ -199,6 +238,7 @@ class Config:
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    modelfree: ModelFreeConfig = field(default_factory=ModelFreeConfig)
     coworld: CoWorldConfig = field(default_factory=CoWorldConfig)
     lompo: LompoConfig = field(default_factory=LompoConfig)
 
@@ -342,6 +382,7 @@ _CHOICES = {
     ("train", "offline_penalty_kind"): ("meandis", "std"),
     ("coworld", "eta_schedule"): ("linear", "frozen"),
     ("coworld", "align_scale"): ("released", "per_frame"),
+    ("modelfree", "actor"): ("drq", "sac"),
     ("coworld", "action_adapter"): ("pad", "strict"),
     ("lompo", "penalty_kind"): ("meandis", "std", "loglik_var"),
 }

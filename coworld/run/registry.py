@@ -82,6 +82,24 @@ def _train_cotrain(finetune: bool, ewc: bool = False):
     return train
 
 
+def _model_free_agent(name: str):
+    def make(cfg, action_dim, device):
+        from coworld.algos.model_free import AGENTS
+
+        return AGENTS[name](cfg, action_dim, device=device)
+
+    return make
+
+
+# The model-free pixel baselines (docs/algorithms.md#model-free-pixel-baselines): one window of
+# frame_stack + nstep steps per transition. DrQ+BC and CQL take V-D4RL's values (the [modelfree]
+# defaults); CURL brings its SAC actor and rates (Laskin et al. 2020; coworld/presets/curl.toml).
+_V_D4RL_BATCH = {"train": {"batch": 256, "length": 4}}
+_CURL_DEFAULTS = {"train": {"batch": 128, "length": 4},
+                  "modelfree": {"actor": "sac", "trunk_tanh": False, "lr": 1e-3, "actor_lr": 1e-3, "encoder_lr": 1e-3,
+                                "actor_every": 2, "target_every": 2}}
+
+
 def _single_policy(run_args, cfg, state):
     agent = get(run_args["algo"]).make_agent(cfg, state["dims"]["agent"], "cpu")
     agent.load_checkpoint_state(state["agent"])
@@ -139,6 +157,15 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
               "together, an actor-critic per domain", "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"), ("target_env",), _train_multitask, _multitask_policy,
               extendable=False, demo="Multi-Task DV2"),
+    Algorithm("drqbc", "DrQ+BC on --dataset: TD3+BC on a DrQ pixel encoder with random shifts (V-D4RL)",
+              "gradient updates", "update", ("dataset",), ("env",), _train_offline, _single_policy,
+              _model_free_agent("drqbc"), defaults=_V_D4RL_BATCH, demo="DrQ+BC"),
+    Algorithm("cql", "CQL from pixels on --dataset: conservative Q-learning on the DrQ encoder (Kumar et al. 2020; "
+              "V-D4RL's variant)", "gradient updates", "update", ("dataset",), ("env",), _train_offline,
+              _single_policy, _model_free_agent("cql"), defaults=_V_D4RL_BATCH, demo="CQL"),
+    Algorithm("curl", "CURL on --dataset: SAC with a contrastive loss and a momentum key encoder (Laskin et al. 2020)",
+              "gradient updates", "update", ("dataset",), ("env",), _train_offline, _single_policy,
+              _model_free_agent("curl"), defaults=_CURL_DEFAULTS, demo="CURL"),
 ]}
 
 
