@@ -54,6 +54,22 @@ DOCUMENTED = {
         "lompo.penalty_kind": "meandis", "lompo.real_ratio": 0.5, "lompo.batch": 256, "lompo.hidden": 256,
         "lompo.lr": 3e-4, "lompo.gamma": 0.99, "lompo.tau": 0.005, "lompo.wm_updates": 10000,
     },
+    "drqbc": {  # V-D4RL drqbc/ (drqv2.py, cfgs config.yaml + offline_dmc.yaml + algo/drqv2.yaml)
+        "modelfree.frame_stack": 3, "modelfree.nstep": 1, "modelfree.pad": 4, "modelfree.feature_dim": 50,
+        "modelfree.hidden": 1024, "modelfree.filters": 32, "modelfree.conv_layers": 4, "modelfree.lr": 3e-4,
+        "modelfree.critic_tau": 0.01, "modelfree.std_clip": 0.3, "modelfree.std_updates": 125000,
+        "modelfree.bc_alpha": 2.5, "modelfree.actor": "drq", "train.batch": 256, "train.length": 4,
+    },
+    "cql": {  # V-D4RL drqbc/cql.py with algo/cql.yaml
+        "modelfree.actor": "drq", "modelfree.lr": 3e-4, "modelfree.cql_weight": 1.0, "modelfree.cql_temp": 1.0,
+        "modelfree.cql_samples": 10, "modelfree.cql_importance": False, "train.batch": 256,
+    },
+    "curl": {  # Laskin et al. 2020's table and MishaLaskin/curl
+        "modelfree.actor": "sac", "modelfree.trunk_tanh": False, "modelfree.lr": 1e-3, "modelfree.actor_lr": 1e-3,
+        "modelfree.encoder_lr": 1e-3, "modelfree.encoder_tau": 0.05, "modelfree.critic_tau": 0.01,
+        "modelfree.init_temperature": 0.1, "modelfree.alpha_lr": 1e-4, "modelfree.alpha_beta": 0.5,
+        "modelfree.actor_every": 2, "modelfree.target_every": 2, "modelfree.feature_dim": 50, "train.batch": 128,
+    },
 }
 
 
