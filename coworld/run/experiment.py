@@ -87,7 +87,9 @@ class Experiment:
 
 
 def slug(text: str) -> str:
-    """A readable, file-name-safe form of a label: ``"reach-src->reach"`` -> ``"reach-src-reach"``."""
+    """A readable, file-name-safe form of a label: ``"reach-src->reach"`` -> ``"reach-src-reach"``,
+    ``"BP->DC*"`` -> ``"bp-dc-star"``, ``"DrQ+BC"`` -> ``"drq-plus-bc"``."""
+    text = text.replace("+", " plus ").replace("*", " star ")
     out = re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-")
     return out or "x"
 
@@ -397,7 +399,8 @@ def expand(experiment: Experiment) -> list[dict]:
             co_updates = None  # target updates of CoWorld's schedule at the source budget
             if "source" in steps_table and (steps == "matched" or experiment.evaluations):
                 n_sources = len(inputs.get("source") or task.get("source") or [None])
-                co_cfg = load_config(preset, experiment.overrides + task["overrides"])
+                # CoWorld's schedule at the experiment's preset, whatever this method's preset is
+                co_cfg = load_config(experiment.preset, experiment.overrides + task["overrides"])
                 co_updates = sum(p.length for p in build_schedule(co_cfg, steps_table["source"], n_sources)
                                  if p.kind in ("target", "target_wm"))
             if steps == "matched":

@@ -162,7 +162,8 @@ def test_label_filters(tmp_path):
 def test_slug():
     assert slug("reach-src->reach") == "reach-src-reach"
     assert slug("CoWorld (multi-source)") == "coworld-multi-source"
-    assert slug("BP->DC*") == "bp-dc"
+    assert slug("BP->DC*") == "bp-dc-star" != slug("BP->DC")  # drawer-close and door-close stay apart
+    assert slug("DrQ+BC") == "drq-plus-bc"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
