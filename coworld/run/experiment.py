@@ -216,10 +216,11 @@ def apply_variant(data: dict, variant: str | None, where: str) -> dict:
 
 def load_experiment(path, *, variant: str | None = None, data_root="data", check_data: bool = True,
                     methods: list[str] | None = None, tasks: list[str] | None = None,
-                    overrides=()) -> Experiment:
+                    overrides=(), resources: dict | None = None) -> Experiment:
     """Read and validate an experiment file. ``check_data``: also require every dataset a trial uses
     to exist (scripted ones excepted: the sweep makes them). ``methods`` / ``tasks``: keep only these
-    labels. ``overrides``: ``section.key=value`` settings added to every trial (``coworld sweep --set``)."""
+    labels. ``overrides``: ``section.key=value`` settings added to every trial (``coworld sweep --set``);
+    ``resources``: ``{cpus, gpus}`` of every trial, over the file's (``--cpus`` / ``--gpus``)."""
     where = str(path)
     data = apply_variant(read_file(path), variant, where)
     unknown = sorted(set(data) - {"experiment", "needs", "methods", "tasks", "variants"})
@@ -296,6 +297,12 @@ def load_experiment(path, *, variant: str | None = None, data_root="data", check
             _fail(w, f"multi_source = true needs an algorithm that trains with sources; {algo.name} takes none")
         experiment.methods.append(method)
     _check_labels(experiment, where)
+    if resources:
+        given = {k: v for k, v in resources.items() if v is not None}
+        experiment.resources = _resources({**experiment.resources, **given}, "--cpus / --gpus")
+        for m in experiment.methods:
+            if "resources" in m:
+                m["resources"] = _resources({**m["resources"], **given}, "--cpus / --gpus")
     if methods:
         experiment.methods = _keep(experiment.methods, methods, "method", where)
     if tasks:

@@ -77,7 +77,8 @@ def run_trial(trial: dict, out: str) -> dict:
     torch.set_num_threads(int(trial["resources"]["cpus"]))
     start = time.time()
     with open(directory / "stdout.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}", flush=True)
+        print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}, "
+              f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}", flush=True)
         try:
             result = api.train(trial["algo"], directory, trial["steps"], preset=trial["preset"],
                                overrides=trial["overrides"], seed=trial["seed"], progress=False,
@@ -191,17 +192,34 @@ def run_local(trials: list[dict], out: Path, every: float) -> dict:
     return {"done": done, "failed": failed}
 
 
-def _running(out: Path, trials: list[dict], since: float) -> int:
-    """Trials whose worker has started in this sweep (wrote worker.pid) and not finished."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _running(out: Path, trials: list[dict], since: float, local: bool) -> int:
+    """Trials whose worker has started in this sweep (wrote worker.pid) and not finished; on a local
+    Ray, a worker that died (its retry still queued) does not count."""
     count = 0
     for t in trials:
-        pid = run_dir(out, t) / PID
-        if pid.exists() and pid.stat().st_mtime >= since - 1 and not is_done(out, t):
-            count += 1
+        path = run_dir(out, t) / PID
+        try:
+            if path.stat().st_mtime < since - 1 or is_done(out, t):
+                continue
+            if local and not _alive(int(path.read_text())):
+                continue
+        except (OSError, ValueError):
+            continue
+        count += 1
     return count
 
 
-def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int) -> dict:
+def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int, local: bool = True) -> dict:
     """One Ray task per unfinished trial; a worker that dies is retried (``retries`` times) and resumes."""
     task = ray.remote(run_trial)
     cpus = ray.cluster_resources().get("CPU", 1)
@@ -234,7 +252,7 @@ def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int) -> d
             print(f"finished {t['id']} in {_duration(record['wall_s'])} on {record.get('host')}", flush=True)
         if time.time() - last >= every and refs:
             last = time.time()
-            print(progress.line(done, _running(out, list(refs.values()), start), len(failed)), flush=True)
+            print(progress.line(done, _running(out, list(refs.values()), start, local), len(failed)), flush=True)
     print(progress.line(done, 0, len(failed)), flush=True)
     return {"done": done, "failed": failed}
 
@@ -269,7 +287,7 @@ def run_sweep(experiment: Experiment, out, *, backend: str = "auto", address: st
                 ray.init(num_cpus=num_cpus, include_dashboard=False)
             started = True
         try:
-            result = run_ray(ray, trials, out, every, retries)
+            result = run_ray(ray, trials, out, every, retries, local=not address)
         finally:
             if started:
                 ray.shutdown()
@@ -284,7 +302,8 @@ def cmd_sweep(args) -> int:
     if args.wandb:
         overrides += ["train.wandb=true", f"train.wandb_project={args.wandb}"]
     experiment = load_experiment(args.file, variant=args.variant, data_root=args.data, check_data=not args.dry_run,
-                                 methods=methods, tasks=tasks, overrides=overrides)
+                                 methods=methods, tasks=tasks, overrides=overrides,
+                                 resources={"cpus": args.cpus, "gpus": args.gpus})
     if args.wandb:
         experiment.overrides.append(f"train.wandb_group={experiment.name}")
     trials = expand(experiment)
@@ -324,6 +343,9 @@ def register(sub, groups=None) -> None:
     p.add_argument("--tasks", help="comma-separated task labels to run (default all)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override added to every trial (repeatable), e.g. --set train.device=cuda")
+    p.add_argument("--cpus", type=int, help="CPUs of each trial (default: the file's resources)")
+    p.add_argument("--gpus", type=float, help="GPUs of each trial, e.g. 1, or 0.5 to put two on a GPU "
+                   "(default: the file's resources)")
     p.add_argument("--backend", choices=("auto", "ray", "local"), default="auto",
                    help="ray, local (one trial after another here), or auto: ray if installed (default)")
     p.add_argument("--address", help="Ray cluster address (e.g. auto, or ray://HOST:10001); default: a local Ray")

@@ -186,3 +186,10 @@ def test_shipped_experiment_files_validate(path, tmp_path):
 
 def test_builtin_is_shipped():
     assert ROOT / "experiments" / "builtin.toml" in SHIPPED
+
+
+def test_resources_from_the_command_line(tmp_path):
+    trials = expand(load(tmp_path, BASE, resources={"cpus": 3, "gpus": 0.5}))
+    assert all(t["resources"] == {"cpus": 3, "gpus": 0.5} and "train.threads=3" in t["overrides"] for t in trials)
+    with pytest.raises(UserError, match="resources.gpus must be a number >= 0"):
+        load(tmp_path, BASE, resources={"gpus": -1})
