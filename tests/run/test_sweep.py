@@ -133,3 +133,21 @@ def test_ray_sweep_survives_sigkill_and_rerun_trains_nothing(local_ray, tmp_path
     assert again["done"] == 4 and again["failed"] == {}
     assert {i: (out / "runs" / i / "checkpoint.pt").stat().st_mtime_ns for i in ids} == stamps
     assert time.time() - t1 < 10
+
+
+def test_a_failing_trial_is_reported_and_the_command_exits_1(tmp_path, monkeypatch, capsys):
+    from coworld.cli import main
+
+    monkeypatch.setattr(sweep, "_ray", lambda: None)
+    text = BUILTIN.read_text().replace('scripted = { env = "builtin:reach", level = "medium-replay", episodes = 6, seed = 0, '
+                                       'time_limit = 30 }', 'make = "coworld data make --out {data}/x"')
+    assert text != BUILTIN.read_text()
+    path = tmp_path / "broken.toml"
+    path.write_text(text)
+    (tmp_path / "data" / "builtin" / "reach-medium-replay-6ep-30steps").mkdir(parents=True)  # there, but empty
+    code = main(["sweep", str(path), "--variant", "quick", "--methods", "Offline DV2", "--out", str(tmp_path / "out"),
+                 "--data", str(tmp_path / "data")])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "2 trial(s) failed" in out and "offline-dv2__reach-src-reach__s0:" in out and "re-run the same command" in out
+    assert not (tmp_path / "out" / "runs" / "offline-dv2__reach-src-reach__s0" / "done.json").exists()
