@@ -117,8 +117,13 @@ class PixelEncoder(nn.Module):
         self.apply(init_weights)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.float() / 255.0 - 0.5
-        for conv in self.convs:
+        # the scaling o / 255 - 0.5 folded into the first convolution (W / 255, b - 0.5 * sum W): the
+        # same function without two passes over the (N, 3K, 64, 64) input
+        first = self.convs[0]
+        w = first.weight / 255.0
+        b = first.bias - 0.5 * first.weight.sum((1, 2, 3))
+        h = torch.relu(F.conv2d(x.float(), w, b, stride=first.stride))
+        for conv in self.convs[1:]:
             h = torch.relu(conv(h))
         return h.flatten(1)
 
