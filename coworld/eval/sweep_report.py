@@ -512,16 +512,24 @@ def plot_improvement(imps: dict, path: Path, focus: str) -> Path:
 def transfer_grid(sweep: Sweep, focus: str, baseline: str, partial: bool, reps: int = 2000) -> dict:
     """``{group: {(source, target): entry}}``: the focus method's mean final return on ``target``
     trained with ``source`` minus the baseline's mean final return on the same target (same
-    group), with a 95% interval from resampling both methods' seeds. Empty when no pair exists."""
+    group), with a 95% interval from resampling both methods' seeds. Empty when no pair exists.
+
+    Rows: each single source of the focus method; and, as one row named by its method label, every
+    multi-source method of the same algorithm (e.g. "CoWorld (multi-source)", the last row of the
+    paper's Fig. 3), whose candidate sources differ per target."""
+    focus_algos = {t.get("algo") for t in sweep.trials if t.info["method"] == focus}
     focus_runs: dict = defaultdict(lambda: defaultdict(list))
     base_runs: dict = defaultdict(lambda: defaultdict(list))
     for t in sweep.trials:
         if not included(t, partial) or not t.get("target"):
             continue
         score = stats.seed_score(t.evals[-1]["returns"])
-        if t.info["method"] == focus and t.get("source"):
-            source = "+".join(t.info["source"]) if isinstance(t.info["source"], list) else str(t.info["source"])
-            focus_runs[t.get("group", "")][(source, t.info["target"])].append(score)
+        sources = t.get("source", [])
+        sources = sources if isinstance(sources, list) else [str(sources)]
+        if t.info["method"] == focus and len(sources) == 1:
+            focus_runs[t.get("group", "")][(sources[0], t.info["target"])].append(score)
+        elif len(sources) > 1 and t.get("algo") in focus_algos:
+            focus_runs[t.get("group", "")][(t.info["method"], t.info["target"])].append(score)
         elif t.info["method"] == baseline:
             base_runs[t.get("group", "")][t.info["target"]].append(score)
 
@@ -549,8 +557,7 @@ def _short(env_id: str) -> str:
 def plot_transfer(grid: dict, path: Path, focus: str, baseline: str) -> Path:
     fig, axes = _panels(len(grid), width=4.8, height=4.0)
     for ax, (group, pairs) in zip(axes, sorted(grid.items())):
-        sources = sorted({s for s, _ in pairs})
-        targets = sorted({t for _, t in pairs})
+        sources, targets = _rows(pairs), sorted({t for _, t in pairs})
         m = np.full((len(sources), len(targets)), np.nan)
         for (s, t), e in pairs.items():
             m[sources.index(s), targets.index(t)] = e["value"]
@@ -575,8 +582,13 @@ def plot_transfer(grid: dict, path: Path, focus: str, baseline: str) -> Path:
     return _save(fig, path)
 
 
+def _rows(pairs: dict) -> list[str]:
+    """Single sources (env ids, sorted), then the multi-source rows (method labels)."""
+    return sorted({s for s, _ in pairs}, key=lambda s: (":" not in s, s))
+
+
 def transfer_markdown(pairs: dict) -> str:
-    sources = sorted({s for s, _ in pairs})
+    sources = _rows(pairs)
     targets = sorted({t for _, t in pairs})
     lines = ["| source \\ target | " + " | ".join(_md(_short(t)) for t in targets) + " |",
              "| --- |" + " ---: |" * len(targets)]

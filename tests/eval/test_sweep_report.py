@@ -316,3 +316,14 @@ def test_a_damaged_trial_is_named_not_fatal(sweep):
     report = (result["out"] / "report.md").read_text()
     assert "Unreadable (left out): `offline-dv2-B-s2`" in report
     assert result["summary"]["groups"][""]["cells"]["Offline DV2"]["B"]["seeds"] == 2
+
+
+def test_transfer_grid_multi_source_row(sweep):
+    trials = [write_trial(sweep, f"ms-A-s{s}", "CoWorld (multi-source)", "A", s, [[7.0 + s]]) for s in range(3)]
+    for t in trials:  # several candidate sources: one row named by the method
+        path = sweep / "trials" / f"{t['id']}.json"
+        path.write_text(json.dumps({**t, "algo": "coworld", "source": ["builtin:reach-src", "builtin:push-src"]}))
+    grid = sr.transfer_grid(sr.load_sweep(sweep), "CoWorld", "Offline DV2", partial=False, reps=200)[""]
+    assert grid[("CoWorld (multi-source)", "builtin:reach")]["value"] == pytest.approx(8.0 - 1.0)
+    assert sr._rows(grid)[-1] == "CoWorld (multi-source)"
+    assert "| CoWorld (multi-source) |" in sr.transfer_markdown(grid)
