@@ -229,3 +229,22 @@ def test_train_eval_and_extend_equals_one_longer_run(algo, reach_data, tmp_path)
     coworld.train(algo, tmp_path / "ext", 8, **kw)
     assert_same_state(tmp_path / "long", tmp_path / "ext")
     assert load_checkpoint(tmp_path / "ext")["agent"]["updates"] == 8
+
+
+@pytest.mark.slow
+def test_curl_kill9_and_sigterm_resume_bit_identical(reach_data, tmp_path):
+    """CURL (the agent with the most state: key encoder, temperature, four optimizers) killed with -9
+    and SIGTERM mid-run and re-run ends where an uninterrupted run ends."""
+    import signal
+
+    from tests.run.test_resume import assert_same_state, run, run_and_kill
+
+    sets = [*SMALL, "train.checkpoint_every=4", "train.log_every=10", "train.eval_every=1000", "train.threads=1"]
+    algo = ["--algo", "curl", "--dataset", str(reach_data)]
+    run(tmp_path / "ref", 60, algo, sets)
+    proc = run_and_kill(tmp_path / "cut", 60, algo, signal.SIGKILL, after_checkpoints=3, sets=sets)
+    assert proc.returncode == -signal.SIGKILL
+    proc = run_and_kill(tmp_path / "cut", 60, algo, signal.SIGTERM, after_checkpoints=3, sets=sets)
+    assert proc.returncode in (0, 128 + signal.SIGTERM), proc.stderr[-2000:]
+    run(tmp_path / "cut", 60, algo, sets)
+    assert_same_state(tmp_path / "ref", tmp_path / "cut")
