@@ -210,6 +210,8 @@ class PixelAgent(nn.Module):
                     "target_every", "cql_samples"):
             if getattr(mf, key) <= 0:
                 raise UserError(f"modelfree.{key} must be positive; got {getattr(mf, key)}")
+        if cfg.train.amp != "none" or cfg.train.compile:
+            raise UserError(f"{self.name} runs eagerly in fp32; leave train.amp at none and train.compile at false")
         if cfg.train.length < k + n:
             raise UserError(f"train.length is {cfg.train.length} but {self.name} needs windows of at least "
                             f"modelfree.frame_stack + modelfree.nstep = {k + n} steps; set --set train.length={k + n}")
@@ -351,6 +353,13 @@ class PixelAgent(nn.Module):
         z = self.actor.trunk(self.encoder(channels_first(stack)))
         action = self.actor.sample(z, self.std(), None)[0] if explore else self.actor.mode(z)
         return action.clamp(-1, 1).float().cpu().numpy().astype(np.float32), stack
+
+    @torch.no_grad()
+    def policy_value(self, state) -> np.ndarray:
+        """min_i Q_i(s, tanh mu(s)) (N,) of the frame stacks held in an ``act`` state: the critic's value
+        of the deterministic policy, for the evaluations' overestimation measure (paper Fig. 5b)."""
+        h = self.encoder(channels_first(state))
+        return torch.min(*self.critic(h, self.actor.mode(self.actor.trunk(h)))).float().cpu().numpy()
 
     # checkpoints ---------------------------------------------------------------------------------
 

@@ -194,11 +194,17 @@ def test_agent_updates_acts_and_restores_bit_exactly(algo, reach_data):
     assert act.shape == (2, 2) and act.dtype == np.float32 and np.all(np.abs(act) <= 1)
     again, state = agent.act(obs, state, np.array([False, False]), explore=False)
     assert np.array_equal(act, again) and state.shape == (2, 3, 64, 64, 3)
+    # the critic's value of those states (the Fig. 5b measure): Q of the deterministic action
+    h = agent.encoder(torch.as_tensor(np.zeros((2, 9, 64, 64), np.uint8)))
+    q = torch.min(*agent.critic(h, torch.as_tensor(act)))
+    assert np.allclose(agent.policy_value(state), q.detach().numpy(), atol=1e-5)
 
 
-def test_short_windows_are_refused(reach_data):
+def test_short_windows_and_unsupported_speed_settings_are_refused(reach_data):
     with pytest.raises(UserError, match="train.length=4"):
         AGENTS["drqbc"](load_config("tiny", ["train.length=3"]), 2)
+    with pytest.raises(UserError, match="train.amp"):
+        AGENTS["cql"](load_config("tiny", ["train.amp=bf16"]), 2)
 
 
 def test_curl_preset_and_registry_defaults_agree():
