@@ -473,9 +473,9 @@ def make_scripted(experiment: Experiment, trials: list[dict]) -> None:
     """Make the scripted datasets the trials need and that are not there yet (deterministic per seed)."""
     from coworld.data.make import make_dataset
 
+    check_datasets(experiment, trials)  # the others must be there already
     for name in missing_datasets(experiment, trials, scripted=True):
-        need = experiment.needs[name]
-        s = need["scripted"]
+        s = experiment.needs[name]["scripted"]
         out = experiment.dataset_path(name)
         print(f"making dataset {name}: {experiment.make_command(name)}", flush=True)
         tmp = out.with_name(out.name + ".partial")

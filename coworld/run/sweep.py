@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-from coworld.errors import UserError
+from coworld.errors import MissingDependency, UserError
 from coworld.run.experiment import Experiment, expand, load_experiment, make_scripted, missing_datasets
 
 RAY_HINT = "pip install 'coworld[ray]'"
@@ -49,11 +49,13 @@ def is_done(out, trial: dict) -> bool:
     return (run_dir(out, trial) / DONE).exists()
 
 
-def _add_partial_wall(directory: Path, seconds: float) -> float:
-    """Wall time of a trial summed over its segments (a segment killed with -9 is not counted)."""
+def _add_partial_wall(directory: Path, seconds: float, cpu: float) -> dict:
+    """Wall and CPU (process) time of a trial summed over its segments (a segment killed with -9 is
+    not counted)."""
     path = directory / "wall_partial.json"
-    total = (json.loads(path.read_text())["wall_s"] if path.exists() else 0.0) + seconds
-    path.write_text(json.dumps({"wall_s": total}))
+    old = json.loads(path.read_text()) if path.exists() else {}
+    total = {"wall_s": old.get("wall_s", 0.0) + seconds, "cpu_s": old.get("cpu_s", 0.0) + cpu}
+    path.write_text(json.dumps(total))
     return total
 
 
@@ -75,7 +77,7 @@ def run_trial(trial: dict, out: str) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / PID).write_text(str(os.getpid()))
     torch.set_num_threads(int(trial["resources"]["cpus"]))
-    start = time.time()
+    start, cpu = time.time(), time.process_time()
     with open(directory / "stdout.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} on {socket.gethostname()}, "
               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}", flush=True)
@@ -87,11 +89,12 @@ def run_trial(trial: dict, out: str) -> dict:
             traceback.print_exc()
             raise
         finally:
-            wall = _add_partial_wall(directory, time.time() - start)
+            spent = _add_partial_wall(directory, time.time() - start, time.process_time() - cpu)
     if result["exit_code"] != 0:
         raise TrialStopped(trial["id"], result["exit_code"])
-    record = {"id": trial["id"], "wall_s": wall, "final_returns": result["final_returns"],
-              "host": socket.gethostname(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    record = {"id": trial["id"], "wall_s": spent["wall_s"], "cpu_s": spent["cpu_s"],
+              "final_returns": result["final_returns"], "host": socket.gethostname(),
+              "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
     write_text_atomic(done, json.dumps(record, indent=1))
     return record
 
@@ -222,8 +225,17 @@ def _running(out: Path, trials: list[dict], since: float, local: bool) -> int:
 def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int, local: bool = True) -> dict:
     """One Ray task per unfinished trial; a worker that dies is retried (``retries`` times) and resumes."""
     task = ray.remote(run_trial)
-    cpus = ray.cluster_resources().get("CPU", 1)
-    slots = max(1, int(cpus // max(1, trials[0]["resources"]["cpus"]))) if trials else 1
+    have = ray.cluster_resources()
+    need_cpus = max(t["resources"]["cpus"] for t in trials)
+    need_gpus = max(t["resources"]["gpus"] for t in trials)
+    if local and (need_cpus > have.get("CPU", 0) or need_gpus > have.get("GPU", 0)):
+        raise UserError(f"a trial asks for {need_cpus} CPUs and {need_gpus} GPUs, but this Ray has "
+                        f"{have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs, so it would wait forever; "
+                        "pass --cpus / --gpus (e.g. --gpus 0 on a machine without a GPU)")
+    slots = int(have.get("CPU", 1) // need_cpus)
+    if need_gpus:
+        slots = min(slots, int(have.get("GPU", 0) // need_gpus))
+    slots = max(1, slots)
     progress = Progress(len(trials), slots, out, trials)
     done = sum(is_done(out, t) for t in trials)
     refs = {}
@@ -295,11 +307,22 @@ def run_sweep(experiment: Experiment, out, *, backend: str = "auto", address: st
     return result
 
 
+def _importable(name: str) -> bool:
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    return importlib.util.find_spec(name) is not None
+
+
 def cmd_sweep(args) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     overrides = list(args.overrides)
     if args.wandb:
+        if not _importable("wandb"):  # before any trial starts, not in each of them
+            raise MissingDependency("wandb", "wandb", "coworld sweep --wandb")
         overrides += ["train.wandb=true", f"train.wandb_project={args.wandb}"]
     experiment = load_experiment(args.file, variant=args.variant, data_root=args.data, check_data=not args.dry_run,
                                  methods=methods, tasks=tasks, overrides=overrides,

@@ -70,7 +70,7 @@ def test_local_fallback_runs_and_skips_finished(tmp_path, monkeypatch, capsys):
     assert "ray is not installed" in text and "pip install 'coworld[ray]'" in text
     run = out / "runs" / "offline-dv2__reach-src-reach__s0"
     done = json.loads((run / "done.json").read_text())
-    assert done["wall_s"] > 0 and len(done["final_returns"]) == 1
+    assert done["wall_s"] > 0 and 0 < done["cpu_s"] and len(done["final_returns"]) == 1
     assert load_checkpoint(run)["run"]["finished"]
     mtime = (run / "checkpoint.pt").stat().st_mtime_ns
     result = sweep.run_sweep(exp, out, every=1000)
@@ -151,3 +151,11 @@ def test_a_failing_trial_is_reported_and_the_command_exits_1(tmp_path, monkeypat
     assert code == 1
     assert "2 trial(s) failed" in out and "offline-dv2__reach-src-reach__s0:" in out and "re-run the same command" in out
     assert not (tmp_path / "out" / "runs" / "offline-dv2__reach-src-reach__s0" / "done.json").exists()
+
+
+@pytest.mark.slow
+def test_ray_refuses_resources_it_does_not_have(local_ray, tmp_path):
+    exp = quick(tmp_path / "data", resources={"gpus": 1})  # this Ray has no GPU: the tasks would wait forever
+    with pytest.raises(UserError, match="asks for 1 CPUs and 1 GPUs, but this Ray has 2 CPUs and 0 GPUs"):
+        sweep.run_sweep(exp, tmp_path / "out", backend="ray")
+    assert not (tmp_path / "out" / "runs").exists()

@@ -82,3 +82,32 @@ def test_scalars_reach_wandb_and_resume_keeps_the_run(tmp_path, fake_wandb, data
     second = fake_wandb.runs[1]
     assert second.kwargs["id"] == kw["id"]  # the same W&B run continues
     assert min(s for s, _ in second.logged) > 20 and second.finished
+
+
+def test_sweep_with_wandb_missing_fails_before_any_trial(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from coworld.cli import main
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    builtin = Path(__file__).resolve().parents[2] / "experiments" / "builtin.toml"
+    code = main(["sweep", str(builtin), "--wandb", "--out", str(tmp_path / "out"), "--data", str(tmp_path / "d")])
+    assert code == 2 and "pip install 'coworld[wandb]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "d").exists()
+
+
+def test_sweep_with_wandb_groups_trials_by_experiment(tmp_path, fake_wandb, monkeypatch):
+    from pathlib import Path
+
+    from coworld.cli import main
+    from coworld.run import sweep
+    from coworld.run.experiment import expand
+
+    seen = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda experiment, out, **kw: seen.append(expand(experiment)) or
+                        {"failed": {}, "trials": 0})
+
+    builtin = Path(__file__).resolve().parents[2] / "experiments" / "builtin.toml"
+    assert main(["sweep", str(builtin), "--wandb", "proj", "--out", str(tmp_path / "o"), "--data", str(tmp_path)]) == 0
+    for t in seen[0]:
+        assert {"train.wandb=true", "train.wandb_project=proj", "train.wandb_group=builtin"} <= set(t["overrides"])
