@@ -130,3 +130,19 @@ def test_several_state_sources_without_target_states_are_refused(tmp_path, targe
                  "--target-dataset", str(target_data), "--steps", "80", "--logdir", str(tmp_path / "m"),
                  "--no-progress", "--preset", "tiny", *sets(STATE, "coworld.target_states=false")])
     assert code == 2 and "give one --source" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_state_source_run_resumes_bit_identically_after_kill9(tmp_path, target_data):
+    import signal
+
+    from tests.run.test_resume import assert_same_state, run, run_and_kill
+
+    algo = ["--algo", "coworld", "--source", "builtin:reach-src", "--target-dataset", str(target_data),
+            "--target-env", "builtin:reach"]
+    sets = [*SMALL, *CO_SMALL, STATE]
+    run(tmp_path / "ref", 80, algo, sets)
+    killed = run_and_kill(tmp_path / "cut", 80, algo, signal.SIGKILL, after_checkpoints=4, sets=sets)
+    assert killed.returncode == -signal.SIGKILL
+    run(tmp_path / "cut", 80, algo, sets)
+    assert_same_state(tmp_path / "ref", tmp_path / "cut")
