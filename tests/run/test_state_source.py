@@ -38,6 +38,17 @@ def test_replay_samples_the_extra_state_key_and_refuses_episodes_without_it(targ
         online.add_episode(ep)
 
 
+def test_source_options_apply_to_the_source_envs_only():
+    from coworld.run.cotrain import source_config, state_source
+
+    cfg = load_config("tiny", ["env.options={zoom = 1.5}", 'coworld.source_options={obs = "state", reward = "sparse"}'])
+    src = source_config(cfg)
+    assert src.env.options == {"zoom": 1.5, "obs": "state", "reward": "sparse"} and state_source(cfg)
+    assert cfg.env.options == {"zoom": 1.5}  # the run's own (target) options are untouched
+    plain = load_config("tiny")
+    assert source_config(plain) is plain and not state_source(plain)
+
+
 def test_state_world_model_and_image_model_keys():
     cfg = load_config("tiny", [s for s in SMALL if s.startswith("model.")])
     image, state = WorldModel(cfg, 2), WorldModel(cfg, 2, state_dim=6)
