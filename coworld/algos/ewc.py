@@ -120,6 +120,8 @@ class EWC:
             if name not in fisher or fisher[name].shape != p.shape:
                 raise UserError(f"EWC: parameter {module}.{name} does not match the consolidated weights "
                                 "(the network changed after the Fisher was computed); start a new run")
+            if fisher[name].device != p.device:  # restored from a checkpoint read onto another device
+                fisher[name], anchor[name] = fisher[name].to(p.device), anchor[name].to(p.device)
         return ewc_penalty([p for _, p in params], [anchor[n] for n, _ in params],
                            [fisher[n] for n, _ in params], lam)
 
