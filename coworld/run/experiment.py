@@ -378,7 +378,7 @@ def _has(overrides: list[str], key: str) -> bool:
 
 
 def expand(experiment: Experiment) -> list[dict]:
-    """One trial per (method, task, seed), in that order; ids ``<method>__<task>__s<seed>``."""
+    """One trial per (method, task, seed), seed-major (all of seed 0 first); ids ``<method>__<task>__s<seed>``."""
     from coworld.run.cotrain import build_schedule
 
     trials = []
@@ -434,6 +434,8 @@ def expand(experiment: Experiment) -> list[dict]:
                     "ablations": method["ablations"], "steps": int(steps), "resources": dict(resources),
                     "group": method.get("group") or task.get("group"), "inputs": inputs,
                 })
+    # seed-major: the first seeds of every method finish first, so a partial sweep is balanced
+    trials.sort(key=lambda t: experiment.seeds.index(t["seed"]))
     seen = set()
     for t in trials:
         if t["id"] in seen:
