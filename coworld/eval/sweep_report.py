@@ -106,7 +106,7 @@ def _finished(run_dir: Path) -> bool:
 
     try:
         return bool(load_checkpoint(ckpt).get("run", {}).get("finished"))
-    except Exception:  # a checkpoint being written right now: not finished as far as we can tell
+    except Exception:  # noqa: BLE001 (a checkpoint being written right now: not finished as far as we can tell)
         return False
 
 
@@ -408,8 +408,8 @@ def improvement_markdown(imp: dict, focus: str) -> str:
 
 def improvement_latex(imp: dict, focus: str, label: str) -> str:
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             rf"\caption{{Probability of improvement of {latex_escape(focus)} over each method, with 95\% "
-             r"stratified-bootstrap intervals.}", rf"\label{{{label}}}", r"\begin{tabular}{lrr}", r"\toprule",
+             (rf"\caption{{Probability of improvement of {latex_escape(focus)} over each method, with 95\% "
+             r"stratified-bootstrap intervals.}"), rf"\label{{{label}}}", r"\begin{tabular}{lrr}", r"\toprule",
              r"Comparison & $P(X > Y)$ & Tasks \\", r"\midrule"]
     for other, p in imp.items():
         lo, hi = p["ci"]
@@ -734,12 +734,11 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
     for t in sweep.trials:
         counts[t.status].append(t)
     no_eval = [t for t in sweep.trials if t.status != "missing" and not t.evals]
-    skipped = [t for t in counts["unfinished"] if not partial and t.evals]
     summary: dict = {"experiment": sweep.experiment, "trials": len(sweep.trials),
                      "status": {k: [t.id for t in v] for k, v in counts.items()}, "groups": {}}
     md = [f"# Report: {sweep.experiment}", "",
-          f"Sweep directory `{sweep.dir}`: {len(sweep.trials)} trials, {len(counts['finished'])} finished, "
-          f"{len(counts['unfinished'])} unfinished, {len(counts['missing'])} not started."]
+          (f"Sweep directory `{sweep.dir}`: {len(sweep.trials)} trials, {len(counts['finished'])} finished, "
+          f"{len(counts['unfinished'])} unfinished, {len(counts['missing'])} not started.")]
     for label, trials in (("Not started (no metrics yet)", counts["missing"]),
                           ("Unfinished" + ("" if partial else " (left out of the tables; --partial uses "
                                            "their latest evaluation)"), counts["unfinished"]),
@@ -751,12 +750,12 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
     ep_text = "-".join(str(e) for e in (episodes[0], episodes[-1])) if len(set(episodes)) > 1 else \
         (str(episodes[0]) if episodes else "0")
     ep_text += " episode" if ep_text == "1" else " episodes"
-    md += ["", f"Each seed's score is the mean return over the {ep_text} of its final evaluation "
+    md += ["", (f"Each seed's score is the mean return over the {ep_text} of its final evaluation "
            "(episodes are averaged within a seed first); a cell is the mean over seeds with the 95% percentile "
            f"interval of a bootstrap over seeds ({reps} resamples); the averages pool the tasks as strata "
            "(mean of task means; IQM of the pooled (seed, task) scores) with stratified-bootstrap intervals. "
            "A value is in bold only where its interval lies entirely above every other method's in that column "
-           f"and every method has at least {MIN_SEEDS} seeds per task.",
+           f"and every method has at least {MIN_SEEDS} seeds per task."),
            ""]
     fewest = min((len(v) for g in scores.values() for m in g.values() for v in m.values()), default=0)
     if 0 < fewest < 5:
@@ -777,8 +776,8 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
                    f" ({ep_text} per evaluation, averaged within a seed) with 95% bootstrap intervals; "
                    "averages over tasks as strata. Bold: interval above every other method's.")
         section = [f"## Final return{_group_title(group)}", "", markdown_table(layout), "",
-                   f"{seeds} seed{'s' if seeds != 1 else ''} per cell (a cell with another count says n=), "
-                   f"{ep_text} per evaluation.", ""]
+                   (f"{seeds} seed{'s' if seeds != 1 else ''} per cell (a cell with another count says n=), "
+                   f"{ep_text} per evaluation."), ""]
         tex.append(latex_table(layout, caption, f"tab:{sweep.experiment}-{gi}"))
         imp = improvements(by_method, focus, reps)
         if imp:
@@ -792,9 +791,9 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
             ot = cells({m: dict(over[m]) for m in methods if m in over}, reps)
             otasks = [t for t in tasks if any(t in v for v in over.values())]
             md += [f"### Value overestimation at the final evaluation{_group_title(group)}", "",
-                   "The critic's value minus the discounted return obtained from the same states along the "
+                   ("The critic's value minus the discounted return obtained from the same states along the "
                    "evaluation episodes (paper Fig. 5b; 0 = calibrated); mean over seeds, 95% intervals; "
-                   "nothing is marked best.", "",
+                   "nothing is marked best."), "",
                    markdown_table(paper_table(ot, otasks, digits=2, higher=None)), ""]
         summary["groups"][group] = {
             "cells": {m: {("Average (mean)" if k == "__mean__" else "Average (IQM)" if k == "__iqm__" else k): v
@@ -806,7 +805,7 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
     files += [out / "table.md", out / "table.tex"]
     if imps:
         files.append(plot_improvement(imps, out / "improvement.png", focus))
-        md += [f"![probability of improvement](improvement.png)", ""]
+        md += ["![probability of improvement](improvement.png)", ""]
     else:
         notes.append(f"no probability of improvement: no method {focus!r} with results (--focus names it)")
 
@@ -815,8 +814,8 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
         files.append(plot_curves(curves, out / "curves.png", "evaluation return",
                                  "learning curves: mean over seeds of each seed's mean episode return, 95% bootstrap "
                                  "band over seeds", methods))
-        md += ["## Learning curves", "", "Evaluation step: target gradient updates (offline and co-training "
-               "methods), environment steps (online methods).", "", "![learning curves](curves.png)", ""]
+        md += ["## Learning curves", "", ("Evaluation step: target gradient updates (offline and co-training "
+               "methods), environment steps (online methods)."), "", "![learning curves](curves.png)", ""]
     over_curves = curve_data(sweep, "overestimation", partial)
     if over_curves:
         files.append(plot_curves(over_curves, out / "overestimation.png", "value - true discounted return",
@@ -831,8 +830,8 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
         files.append(plot_transfer(grid, out / "transfer.png", focus, baseline))
         md += [f"## Transfer (Fig. 3): {focus} minus {baseline} on the same target", ""]
         for group, pairs in sorted(grid.items()):
-            md += [f"Mean final return of {focus} with each source minus {baseline}'s on the same target"
-                   f"{_group_title(group)}, 95% interval from resampling both methods' seeds:", "",
+            md += [(f"Mean final return of {focus} with each source minus {baseline}'s on the same target"
+                   f"{_group_title(group)}, 95% interval from resampling both methods' seeds:"), "",
                    transfer_markdown(pairs), ""]
         md += ["![transfer heatmap](transfer.png)", ""]
         summary["transfer"] = {g: {f"{s} -> {t}": e for (s, t), e in p.items()} for g, p in grid.items()}
@@ -856,10 +855,10 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
             if not how.startswith("t-SNE"):
                 notes.append(f"alignment picture drawn with {how}")
             md += ["## Latent alignment (Fig. 11)", "",
-                   f"{how} of encoder outputs (the embeddings stage A aligns) on the same target-dataset frames: "
+                   (f"{how} of encoder outputs (the embeddings stage A aligns) on the same target-dataset frames: "
                    "the selected source agent's encoder and the target agent's encoder from the final checkpoint "
                    "(after), and a freshly initialised target encoder with the run's seed (before). Embedding "
-                   "KL(S || T) is stage A's distance, per frame, averaged:", ""]
+                   "KL(S || T) is stage A's distance, per frame, averaged:"), ""]
             for tid, e in results:
                 md.append(f"- `{tid}`: {e['kl_before']:.3f} before, {e['kl_after']:.3f} after "
                           f"({e['frames']} frames, source {e['source_env']}).")

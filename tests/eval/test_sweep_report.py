@@ -158,7 +158,7 @@ def test_intervals_agree_with_an_independent_bootstrap_and_rliable(sweep):
     table = sr.cells(scores, reps=4000)
     try:  # rliable's intervals need the `arch` package, whose import fails with some pandas versions
         from rliable import library, metrics
-    except Exception:
+    except Exception:  # noqa: BLE001
         library = None
     for method, matrix in matrices.items():
         # same stratified bootstrap, other random streams: the percentile intervals agree closely
