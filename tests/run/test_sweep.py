@@ -159,3 +159,29 @@ def test_ray_refuses_resources_it_does_not_have(local_ray, tmp_path):
     with pytest.raises(UserError, match="asks for 1 CPUs and 1 GPUs, but this Ray has 2 CPUs and 0 GPUs"):
         sweep.run_sweep(exp, tmp_path / "out", backend="ray")
     assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_rerun_after_the_driver_is_killed_resumes_the_unfinished_trial(tmp_path):
+    """kill -9 of a local (no Ray) sweep mid-trial; the same command again resumes that trial from its
+    checkpoint and finishes the sweep."""
+    import subprocess
+    import sys
+
+    out, data = tmp_path / "out", tmp_path / "data"
+    cmd = [sys.executable, "-m", "coworld", "sweep", str(BUILTIN), "--variant", "quick", "--methods", "Offline DV2",
+           "--out", str(out), "--data", str(data), "--backend", "local"]
+    run = out / "runs" / "offline-dv2__reach-src-reach__s0"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed: list = []
+    _kill_after_checkpoint(run, killed, time.time() + 120)  # the driver runs the trial itself: kill it
+    proc.wait(timeout=60)
+    assert killed and proc.returncode == -signal.SIGKILL
+    assert not (run / "done.json").exists()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "all 2 trials finished" in rerun.stdout
+    log = (run / "stdout.log").read_text()
+    assert log.count("--- ") == 2  # two segments: the killed one and the resumed one
+    state = load_checkpoint(run)["run"]
+    assert state["finished"] and state["position"] == 80
