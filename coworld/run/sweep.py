@@ -181,7 +181,8 @@ def run_local(trials: list[dict], out: Path, every: float) -> dict:
             record = run_trial(t, str(out))
         except TrialStopped as exc:
             if exc.code in (130, 143):  # Ctrl-C / SIGTERM: the run saved its checkpoint
-                raise UserError(f"sweep interrupted during {t['id']} (saved); re-run the same command to resume") from None
+                raise UserError(f"sweep interrupted during {t['id']} (saved); re-run the same command to "
+                                "resume") from None
             failed[t["id"]] = str(exc)
             continue
         except UserError as exc:
