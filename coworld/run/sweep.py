@@ -38,7 +38,10 @@ class TrialStopped(UserError):
 
     def __init__(self, trial_id: str, code: int):
         super().__init__(f"trial {trial_id} stopped (exit code {code}); re-run the sweep to resume it")
-        self.code = code
+        self.trial_id, self.code = trial_id, code
+
+    def __reduce__(self):  # Ray pickles a task's exception to the driver; the default would call cls(message)
+        return type(self), (self.trial_id, self.code)
 
 
 def run_dir(out, trial: dict) -> Path:

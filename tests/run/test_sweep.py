@@ -48,6 +48,14 @@ def test_sweep_directory_layout_and_conflicts(tmp_path):
         sweep.write_sweep(other, expand(other), tmp_path / "out", "quick")
 
 
+def test_trial_stopped_survives_pickling():
+    # a Ray task's exception travels to the driver pickled; it must come back whole
+    import pickle
+
+    back = pickle.loads(pickle.dumps(sweep.TrialStopped("m__t__s0", 143)))
+    assert isinstance(back, sweep.TrialStopped) and back.code == 143 and "m__t__s0" in str(back)
+
+
 def test_progress_line_counts_and_eta(tmp_path):
     p = sweep.Progress(total=10, slots=2, out=tmp_path, trials=[])
     assert "ETA" not in p.line(0, 2, 0)  # nothing finished: no estimate yet
