@@ -243,7 +243,7 @@ def _entry(fn, scores: dict, reps: int) -> dict:
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
     lo, hi = stats.bootstrap_ci(fn, arrays, reps=reps)
     return {"value": fn(arrays), "ci": [lo, hi], "seeds": sum(len(v) for v in arrays.values()),
-            "tasks": len(arrays)}
+            "tasks": len(arrays), "min_seeds": min(len(v) for v in arrays.values())}
 
 
 def cells(by_method: dict, reps: int = 2000) -> dict:
@@ -265,7 +265,7 @@ def supported_best(column: dict[str, dict | None], higher: bool = True) -> str |
     single best, or when any method has fewer than MIN_SEEDS seeds per task (a percentile
     bootstrap over one or two seeds says next to nothing)."""
     present = {m: e for m, e in column.items() if e is not None}
-    if len(present) < 2 or any(e["seeds"] < MIN_SEEDS * e.get("tasks", 1) for e in present.values()):
+    if len(present) < 2 or any(e.get("min_seeds", e["seeds"]) < MIN_SEEDS for e in present.values()):
         return None
     sign = 1 if higher else -1
     best = max(present, key=lambda m: sign * present[m]["value"])
@@ -550,6 +550,13 @@ def transfer_grid(sweep: Sweep, focus: str, baseline: str, partial: bool, reps: 
     return out
 
 
+def transfer_mark(e: dict) -> str:
+    """"*" where the difference's 95% interval excludes 0 and both methods have at least MIN_SEEDS
+    seeds (as for bold cells and the probability-of-improvement verdicts), else ""."""
+    lo, hi = e["ci"]
+    return "*" if (lo > 0 or hi < 0) and min(e["seeds"]) >= MIN_SEEDS else ""
+
+
 def _short(env_id: str) -> str:
     return str(env_id).split(":", 1)[-1]
 
@@ -567,8 +574,7 @@ def plot_transfer(grid: dict, path: Path, focus: str, baseline: str) -> Path:
         cmap = colormaps["RdBu"].with_extremes(bad="0.85")  # grey: no such (source, target) pair
         im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
         for (s, t), e in pairs.items():
-            lo, hi = e["ci"]
-            mark = "*" if lo > 0 or hi < 0 else ""
+            mark = transfer_mark(e)
             ax.text(targets.index(t), sources.index(s), f"{e['value']:+.1f}{mark}", ha="center", va="center",
                     fontsize=8, color="white" if abs(e["value"]) > 0.6 * lim else "black")
         ax.set_xticks(range(len(targets)), [_short(t) for t in targets], rotation=30, ha="right", fontsize=8)
@@ -578,7 +584,8 @@ def plot_transfer(grid: dict, path: Path, focus: str, baseline: str) -> Path:
         ax.set_title(f"{focus} - {baseline}" + (f" [{group}]" if group else ""), fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8, label="return difference")
     fig.suptitle(textwrap.fill("transfer: final return gain over the baseline on the same target "
-                               "(* = 95% interval excludes 0; grey = pair not in the sweep)", 80), fontsize=9)
+                               f"(* = 95% interval excludes 0, at least {MIN_SEEDS} seeds each; grey = pair not in "
+                               "the sweep)", 80), fontsize=9)
     return _save(fig, path)
 
 

@@ -121,6 +121,13 @@ def test_bold_only_where_intervals_separate(sweep):
     assert sr.supported_best(separated) == "x"
     assert sr.supported_best(separated, higher=False) == "y"  # lower is better: y, whose interval is below
     assert sr.supported_best({**separated, "y": {**separated["y"], "seeds": 2}}) is None  # two seeds: no claim
+    # an average over tasks needs MIN_SEEDS in every task, not on average: 5 + 1 seeds over 2 tasks is no claim
+    uneven = sr.cells({"x": {"A": [10.0, 11, 12, 13, 14], "B": [10.0]}, "y": {"A": [0.0, 1, 2, 1, 0], "B": [0.0]}},
+                      reps=200)
+    assert uneven["x"]["__mean__"]["min_seeds"] == 1 and uneven["x"]["__mean__"]["seeds"] == 6
+    assert uneven["x"]["__mean__"]["ci"][0] > uneven["y"]["__mean__"]["ci"][1]  # separated, yet:
+    assert sr.supported_best({m: row["__mean__"] for m, row in uneven.items()}) is None
+    assert sr.supported_best({m: row["A"] for m, row in uneven.items()}) == "x"  # task A alone has 5 seeds each
 
 
 def _matrices(sweep):
@@ -199,6 +206,11 @@ def test_transfer_grid_hand_values(sweep):
     assert grid[("builtin:reach-src", "builtin:reach")]["value"] == pytest.approx(3.0 - 1.0)
     assert grid[("builtin:push-src", "builtin:push")]["value"] == pytest.approx(12.0 - 12.0)
     assert grid[("builtin:reach-src", "builtin:reach")]["seeds"] == [3, 3]
+    # the heatmap's star: the interval excludes 0 and both methods have at least MIN_SEEDS seeds
+    assert sr.transfer_mark({"ci": [0.5, 3.0], "seeds": [3, 3]}) == "*"
+    assert sr.transfer_mark({"ci": [-3.0, -0.5], "seeds": [3, 4]}) == "*"
+    assert sr.transfer_mark({"ci": [-0.5, 3.0], "seeds": [3, 3]}) == ""
+    assert sr.transfer_mark({"ci": [0.5, 3.0], "seeds": [2, 3]}) == ""  # two seeds: no claim
 
 
 def cells_of_markdown(line):
