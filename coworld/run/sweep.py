@@ -171,8 +171,9 @@ def _ray():
     return ray
 
 
-def run_local(trials: list[dict], out: Path, every: float) -> dict:
-    """One trial after another in this process."""
+def run_local(trials: list[dict], out: Path) -> dict:
+    """One trial after another in this process; the progress line comes before each trial (a trial's
+    own progress is in its stdout.log)."""
     progress = Progress(len(trials), 1, out, trials)
     done = sum(is_done(out, t) for t in trials)
     failed: dict[str, str] = {}
@@ -187,6 +188,7 @@ def run_local(trials: list[dict], out: Path, every: float) -> dict:
                 raise UserError(f"sweep interrupted during {t['id']} (saved); re-run the same command to "
                                 "resume") from None
             failed[t["id"]] = str(exc)
+            print(f"trial {t['id']} failed: {exc}", flush=True)
             continue
         except UserError as exc:
             failed[t["id"]] = str(exc)
@@ -293,7 +295,7 @@ def run_sweep(experiment: Experiment, out, *, backend: str = "auto", address: st
         if backend == "auto":
             print(f"note: ray is not installed, so the trials run one after another in this process; "
                   f"{RAY_HINT} to run them in parallel or on a cluster", flush=True)
-        result = run_local(trials, out, every)
+        result = run_local(trials, out)
     else:
         started = False
         if not ray.is_initialized():
@@ -378,7 +380,8 @@ def register(sub, groups=None) -> None:
     p.add_argument("--address", help="Ray cluster address (e.g. auto, or ray://HOST:10001); default: a local Ray")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine's)")
     p.add_argument("--retries", type=int, default=3, help="times Ray retries a trial whose worker died (default 3)")
-    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines (default 30)")
+    p.add_argument("--progress-every", type=float, default=30.0,
+                   help="seconds between progress lines on Ray (default 30; without Ray, one line per trial)")
     p.add_argument("--wandb", nargs="?", const="coworld", metavar="PROJECT",
                    help="also log every trial to Weights & Biases (pip install 'coworld[wandb]'), project PROJECT "
                    "(default coworld), grouped by experiment")
