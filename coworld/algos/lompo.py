@@ -144,6 +144,7 @@ class LompoAgent(nn.Module):
         if not 0.0 <= c.real_ratio <= 1.0:
             raise UserError(f"lompo.real_ratio is a fraction of the SAC batch: between 0 and 1; got {c.real_ratio}")
         self.cfg, self.action_dim = cfg, int(action_dim)
+        self.value_gamma = c.gamma  # SAC's discount, for the overestimation measure and offline diagnostics
         self.device = resolve_device(device)
         self.wm = WorldModel(cfg, self.action_dim)
         self.sac = SAC(self.wm.feat_dim, self.action_dim, hidden=c.hidden, lr=c.lr, gamma=c.gamma, tau=c.tau)

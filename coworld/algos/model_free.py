@@ -204,6 +204,7 @@ class PixelAgent(nn.Module):
         super().__init__()
         mf = self.mf = cfg.modelfree
         self.cfg, self.action_dim, self.updates = cfg, int(action_dim), 0
+        self.value_gamma = mf.gamma  # the critic's discount, for the evaluations' overestimation measure
         self.device = resolve_device(device)
         k, n = mf.frame_stack, mf.nstep
         for key in ("frame_stack", "nstep", "feature_dim", "hidden", "filters", "conv_layers", "actor_every",

@@ -142,6 +142,11 @@ class ActionSlice:
     def initial_policy_state(self, n: int):
         return self.agent.initial_policy_state(n)
 
+    @property
+    def value_gamma(self) -> float | None:
+        """The wrapped agent's critic discount (``coworld.run.train.value_discount``)."""
+        return getattr(self.agent, "value_gamma", None)
+
     def policy_value(self, state):
         return self.agent.policy_value(state)
 

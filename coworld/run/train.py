@@ -100,12 +100,20 @@ def updates_due(train_cfg, step: int, ready: bool, pretrained: bool) -> tuple[in
     return int(step % train_cfg.train_every == 0), True
 
 
+def value_discount(agent, cfg) -> float:
+    """The discount of the agent's critic: its ``value_gamma`` where it has one (the model-free baselines'
+    ``modelfree.gamma``, LOMPO's ``lompo.gamma``), else DreamerV2's ``behaviour.gamma``. The overestimation
+    measure and the offline diagnostics discount the obtained rewards with it, as the critic does."""
+    gamma = getattr(agent, "value_gamma", None)
+    return cfg.behaviour.gamma if gamma is None else float(gamma)
+
+
 def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", index: int = 1) -> dict:
     """Evaluate, log, and write a GIF on every ``video_every``-th evaluation (``index`` counts them)."""
     cfg = session.cfg
     video = cfg.train.video_every > 0 and index % cfg.train.video_every == 0
     result = evaluate(agent, env, episodes=cfg.train.eval_episodes, seed=cfg.seed + 10_000 + step, video=video,
-                      gamma=cfg.behaviour.gamma if hasattr(agent, "policy_value") else None,
+                      gamma=value_discount(agent, cfg) if hasattr(agent, "policy_value") else None,
                       value_steps=cfg.train.value_steps)
     stats = summarize(result["returns"])
     metrics = {"return": stats["mean"], "return_std": stats["std"]}
@@ -136,7 +144,8 @@ def log_openloop(session: Session, agent, replay, step: int, prefix: str = "") -
                           rng=np.random.default_rng([cfg.seed, step]))
     context = max(1, min(5, cfg.train.length // 3))
     session.logger.image(step, f"{prefix}openloop", openloop_strip(agent, batch, context=context))
-    session.logger.scalars(step, offline_diagnostics(agent, batch, cfg.behaviour.gamma), prefix=f"{prefix}offline/")
+    session.logger.scalars(step, offline_diagnostics(agent, batch, value_discount(agent, cfg)),
+                           prefix=f"{prefix}offline/")
 
 
 def log_train(session: Session, step: int, metrics: dict, extra: dict) -> None:

@@ -52,3 +52,38 @@ def test_value_overestimation_hand_example_terminated_episode():
     assert (est, tru) == (2.0, 1.25)
     # N larger than the episode: every state
     assert value_overestimation([3.0, 1.0, 0.0], [1.0, 0.0, 2.0], 0.5, steps=10) == (4 / 3, 1.5)
+
+
+def test_overestimation_and_diagnostics_discount_with_the_critics_own_gamma(monkeypatch):
+    """The Fig. 5b measure compares a critic's values with rewards discounted as that critic discounts
+    them: modelfree.gamma for the pixel baselines, lompo.gamma for LOMPO (also behind LOMPO Finetune's
+    ActionSlice), behaviour.gamma for DreamerV2 critics."""
+    from types import SimpleNamespace
+
+    from coworld.algos.dreamer import DreamerAgent
+    from coworld.algos.lompo import LompoAgent
+    from coworld.algos.model_free import DrQBCAgent
+    from coworld.config import load_config
+    from coworld.run import train
+    from coworld.run.cotrain import ActionSlice
+
+    cfg = load_config("tiny", ["behaviour.gamma=0.9", "modelfree.gamma=0.5", "lompo.gamma=0.7", "model.ensemble=2"])
+    seen = []
+
+    def fake_evaluate(agent, env, *, gamma=None, **kwargs):
+        seen.append(gamma)
+        return {"returns": [0.0], "lengths": [1], "value_estimate": [0.0], "true_return": [0.0]}
+
+    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+    monkeypatch.setattr(train, "openloop_strip", lambda *a, **k: None)
+    monkeypatch.setattr(train, "offline_diagnostics", lambda agent, batch, gamma: seen.append(gamma) or {})
+    quiet = SimpleNamespace(scalars=lambda *a, **k: {}, record=lambda *a, **k: None, write=lambda *a, **k: None,
+                            image=lambda *a, **k: None, video=lambda *a, **k: None)
+    session = SimpleNamespace(cfg=cfg, logger=quiet, device="cpu")
+    lompo = LompoAgent(cfg, 2)
+    for agent in (DrQBCAgent(cfg, 2), lompo, ActionSlice(lompo, 1), DreamerAgent(cfg, 2)):
+        train.run_evaluation(session, agent, env=None, step=0)
+    assert seen == [0.5, 0.7, 0.7, 0.9]
+    replay = SimpleNamespace(sample=lambda *a, **k: {})
+    train.log_openloop(session, lompo, replay, 0)
+    assert seen[-1] == 0.7
