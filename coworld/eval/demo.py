@@ -26,6 +26,7 @@ from pathlib import Path
 from coworld.config import cache_root, load_config
 from coworld.errors import UserError
 from coworld.run import registry
+from coworld.run.experiment import target_updates
 
 TARGET_ENV = "builtin:reach"
 SOURCE_ENV = "builtin:reach-src"
@@ -64,11 +65,6 @@ def target_dataset(episodes: int, level: str, seed: int = 0) -> Path:
     return out
 
 
-def target_updates(cfg, source_steps: int) -> int:
-    """Target gradient updates CoWorld makes for ``source_steps`` (world-model warm-up included)."""
-    from coworld.run.cotrain import build_schedule
-
-    return sum(p.length for p in build_schedule(cfg, source_steps, 1) if p.kind in ("target", "target_wm"))
 
 
 # The demo's methods: every registered algorithm with a demo name, and the "w/o max" ablation of

@@ -373,14 +373,20 @@ def task_inputs(task: dict, algo: registry.Algorithm, experiment: Experiment, mu
     return {k: avail[k] for k in algo.needs + algo.optional if avail[k]}
 
 
+def target_updates(cfg, source_steps: int, n_sources: int = 1) -> int:
+    """Target gradient updates CoWorld's schedule makes for ``source_steps`` source env steps
+    (world-model warm-up included; docs/algorithms.md#schedule): the "matched" offline budget."""
+    from coworld.run.cotrain import build_schedule
+
+    return sum(p.length for p in build_schedule(cfg, source_steps, n_sources) if p.kind in ("target", "target_wm"))
+
+
 def _has(overrides: list[str], key: str) -> bool:
     return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
 def expand(experiment: Experiment) -> list[dict]:
     """One trial per (method, task, seed), seed-major (all of seed 0 first); ids ``<method>__<task>__s<seed>``."""
-    from coworld.run.cotrain import build_schedule
-
     trials = []
     for method in experiment.methods:
         algo = registry.get(method["algo"])
@@ -408,8 +414,7 @@ def expand(experiment: Experiment) -> list[dict]:
                 n_sources = len(inputs.get("source") or task.get("source") or [None])
                 # CoWorld's schedule at the experiment's preset, whatever this method's preset is
                 co_cfg = load_config(experiment.preset, experiment.overrides + task["overrides"])
-                co_updates = sum(p.length for p in build_schedule(co_cfg, steps_table["source"], n_sources)
-                                 if p.kind in ("target", "target_wm"))
+                co_updates = target_updates(co_cfg, steps_table["source"], n_sources)
             if steps == "matched":
                 if co_updates is None:
                     raise UserError(f"{where}: steps.offline = \"matched\" needs a steps.source budget to match")
