@@ -54,7 +54,7 @@ def _check_inputs(algo: registry.Algorithm, inputs: dict) -> None:
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise UserError(f"--algo {algo.name} does not take {flags}")
-    if algo.name in ("dv2-finetune", "multitask-dv2") and len(inputs["source"]) > 1:
+    if algo.one_source and len(inputs["source"]) > 1:
         raise UserError(f"--algo {algo.name} takes exactly one --source")
     for key in ("env", "target_env"):
         if inputs.get(key):

@@ -367,8 +367,8 @@ def task_inputs(task: dict, algo: registry.Algorithm, experiment: Experiment, mu
         raise UserError(f"{experiment.file}: algorithm {algo.name} needs {', '.join(missing)}, which task "
                         f"{task['label']!r} lacks; give the task {' and '.join(missing)}, or list the method's "
                         "tasks (tasks = [...]) to leave this one out")
-    if algo.name == "dv2-finetune" and len(avail["source"]) > 1:
-        raise UserError(f"{experiment.file}: dv2-finetune takes one source; task {task['label']!r} has "
+    if algo.one_source and len(avail["source"]) > 1:
+        raise UserError(f"{experiment.file}: {algo.name} takes one source; task {task['label']!r} has "
                         f"{len(avail['source'])}")
     return {k: avail[k] for k in algo.needs + algo.optional if avail[k]}
 

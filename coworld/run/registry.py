@@ -28,6 +28,7 @@ class Algorithm:
     defaults: dict = field(default_factory=dict)  # settings it needs; a preset's or --set's values win
     extendable: bool = True  # a larger --steps continues a finished run
     demo: str | None = None  # its name in `coworld demo --methods`
+    one_source: bool = False  # trains with exactly one --source (one agent pretrained there, or one shared model)
 
 
 def _dreamer_agent(cfg, action_dim, device):
@@ -140,11 +141,12 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("dv2-finetune", "DreamerV2 pretrained online in --source, then finetuned on --target-dataset",
               "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"),
-              ("target_env",), _train_cotrain(True), _cotrain_policy, extendable=False, demo="DV2 Finetune"),
+              ("target_env",), _train_cotrain(True), _cotrain_policy, extendable=False, demo="DV2 Finetune",
+              one_source=True),
     Algorithm("dv2-finetune-ewc", "DV2 Finetune with an EWC penalty towards the pretrained source weights "
               "(Kirkpatrick et al. 2017)", "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"), ("target_env",), _train_cotrain(True, ewc=True), _cotrain_policy,
-              extendable=False, demo="DV2 Finetune + EWC"),
+              extendable=False, demo="DV2 Finetune + EWC", one_source=True),
     Algorithm("lompo", "LOMPO on --dataset: latent model with a forward-model ensemble, SAC on real latents and "
               "uncertainty-penalised latent rollouts (Rafailov et al. 2021)", "gradient updates", "update",
               ("dataset",), ("env",), _train_offline, _single_policy, _lompo_agent,
@@ -152,11 +154,11 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in [
     Algorithm("lompo-finetune", "LOMPO trained online in --source, then on --target-dataset (DV2 Finetune's schedule)",
               "source environment steps (CoWorld's schedule and budget)", "unit", ("source", "target_dataset"),
               ("target_env",), _train_lompo_finetune, _lompo_finetune_policy, defaults=LOMPO_DEFAULTS,
-              extendable=False, demo="LOMPO Finetune"),
+              extendable=False, demo="LOMPO Finetune", one_source=True),
     Algorithm("multitask-dv2", "Multi-Task DreamerV2: one world model on --source (online) and --target-dataset "
               "together, an actor-critic per domain", "source environment steps (CoWorld's schedule and budget)",
               "unit", ("source", "target_dataset"), ("target_env",), _train_multitask, _multitask_policy,
-              extendable=False, demo="Multi-Task DV2"),
+              extendable=False, demo="Multi-Task DV2", one_source=True),
     Algorithm("drqbc", "DrQ+BC on --dataset: TD3+BC on a DrQ pixel encoder with random shifts (V-D4RL)",
               "gradient updates", "update", ("dataset",), ("env",), _train_offline, _single_policy,
               _model_free_agent("drqbc"), defaults=_V_D4RL_BATCH, demo="DrQ+BC"),

@@ -131,6 +131,14 @@ def test_one_clear_error_per_problem(tmp_path, change, message):
     assert str(tmp_path / "e.toml") in str(err.value)  # says which file
 
 
+@pytest.mark.parametrize("algo", ["dv2-finetune", "dv2-finetune-ewc", "lompo-finetune", "multitask-dv2"])
+def test_single_source_methods_refuse_a_task_with_several_sources(tmp_path, algo):
+    text = BASE.replace('algo = "coworld"', f'algo = "{algo}"', 1).replace(
+        'source = ["builtin:reach-src"]', 'source = ["builtin:reach-src", "builtin:reach"]', 1)
+    with pytest.raises(UserError, match=f"{algo} takes one source; task 'reach-src->reach' has 2"):
+        expand(load(tmp_path, text))
+
+
 def test_missing_dataset_names_the_command_that_makes_it(tmp_path):
     with pytest.raises(UserError) as err:
         load(tmp_path, BASE, check_data=True)

@@ -96,3 +96,12 @@ def test_train_refuses_missing_and_foreign_inputs(tmp_path):
         coworld.train("offline-dv2", tmp_path / "b", 5, dataset=tmp_path, source="builtin:reach-src")
     with pytest.raises(UserError, match="no such run"):
         coworld.evaluate(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("algo", ["dv2-finetune", "dv2-finetune-ewc", "lompo-finetune", "multitask-dv2"])
+def test_single_source_methods_refuse_several_sources(algo, tmp_path):
+    """One agent pretrained in one source (or one shared model): a second --source would be ignored."""
+    assert registry.get(algo).one_source and not registry.get("coworld").one_source
+    with pytest.raises(UserError, match="exactly one --source"):
+        coworld.train(algo, tmp_path / "a", 5, source=["builtin:reach-src", "builtin:reach-src"],
+                      target_dataset=tmp_path)
