@@ -102,13 +102,12 @@ def reading(agg: dict, focus: str, references: dict[str, float] | None = None) -
     """One line per claim that the intervals support (and say so where they support none)."""
     lines = []
     for other, p in agg["improvement"].items():
-        lo, hi = p["ci"]
-        if lo > 0.5:
-            verdict = f"{focus} improves on {other}"
-        elif hi < 0.5:
-            verdict = f"{other} improves on {focus}"
-        else:
-            verdict = f"no difference between {focus} and {other} is supported"
+        seeds = min(agg["methods"][focus]["seeds"], agg["methods"][other]["seeds"])
+        verdict = {"x": f"{focus} improves on {other}", "y": f"{other} improves on {focus}",
+                   None: f"no difference between {focus} and {other} is supported"}[
+            stats.improvement_verdict(p, seeds)]
+        if seeds < stats.MIN_SEEDS:
+            verdict = f"nothing is claimed with {seeds} seed{'s' if seeds != 1 else ''} (fewer than {stats.MIN_SEEDS})"
         lines.append(f"P({focus} > {other}) = {stats.interval_text(p, 2)}: {verdict}.")
     for name, value in (references or {}).items():
         above = [m for m, e in agg["methods"].items() if e["mean"]["ci"][0] > value]

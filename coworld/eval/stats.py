@@ -117,6 +117,19 @@ def compare(x: Scores, y: Scores, reps: int = 2000, seed: int = 0) -> dict:
     return {"value": probability_of_improvement(x, y), "ci": [lo, hi]}
 
 
+MIN_SEEDS = 3  # fewest seeds per task of both methods before a difference is claimed
+
+
+def improvement_verdict(entry: dict, min_seeds: int) -> str | None:
+    """What a ``{"value", "ci"}`` entry of P(X > Y) supports: "x" (X better: the whole interval is
+    above 0.5), "y" (Y better: below 0.5), or None (the interval holds 0.5, or either method has
+    fewer than MIN_SEEDS seeds in some task, where a percentile bootstrap says next to nothing)."""
+    lo, hi = entry["ci"]
+    if min_seeds < MIN_SEEDS:
+        return None
+    return "x" if lo > 0.5 else "y" if hi < 0.5 else None
+
+
 def interval_text(entry: dict, digits: int = 1) -> str:
     """``"12.3 [10.1, 14.0]"`` for a ``{"value", "ci"}`` entry."""
     lo, hi = entry["ci"]

@@ -44,7 +44,7 @@ COLUMNS = ["trial", "experiment", "group", "method", "algo", "task", "source", "
            "status", "eval_index", "final", "step", "progress", "episode", "return", "success",
            "value_estimate", "true_return", "overestimation", "wall_s"]
 EVAL_SCALARS = ("success", "value_estimate", "true_return", "overestimation")
-MIN_SEEDS = 3  # fewest seeds per task of every method in a comparison before a difference is marked
+MIN_SEEDS = stats.MIN_SEEDS  # fewest seeds per task of every method in a comparison before a difference is marked
 
 
 # -- reading a sweep directory --------------------------------------------------------------------
@@ -398,9 +398,10 @@ def latex_table(layout: dict, caption: str, label: str) -> str:
 def improvement_markdown(imp: dict, focus: str) -> str:
     lines = ["| comparison | P(X > Y) [95% CI] | tasks | what the interval supports |", "| --- | ---: | ---: | --- |"]
     for other, p in imp.items():
-        lo, hi = p["ci"]
-        verdict = (f"{focus} better" if lo > 0.5 else f"{other} better" if hi < 0.5 else "no difference supported")
-        if p.get("min_seeds", MIN_SEEDS) < MIN_SEEDS:
+        few = p.get("min_seeds", MIN_SEEDS) < MIN_SEEDS
+        verdict = {"x": f"{focus} better", "y": f"{other} better", None: "no difference supported"}[
+            stats.improvement_verdict(p, p.get("min_seeds", MIN_SEEDS))]
+        if few:
             verdict = f"nothing: fewer than {MIN_SEEDS} seeds per task"
         lines.append(f"| {_md(focus)} > {_md(other)} | {stats.interval_text(p, 2)} | {p['tasks']} | {verdict} |")
     return "\n".join(lines)

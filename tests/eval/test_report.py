@@ -48,6 +48,10 @@ def test_aggregate_reading_and_results_json():
     assert lines[0].endswith("CoWorld improves on Offline DV2.")
     assert "no difference between CoWorld and Twin is supported" in lines[1]
     assert lines[2] == "random return 5.0: mean interval above it: CoWorld, Twin; below it: Offline DV2."
+    # with two seeds a method can win every resample, and still nothing is claimed
+    two = report.aggregate({"CoWorld": high[:2], "Offline DV2": low[:2]}, reps=200, focus="CoWorld")
+    assert two["improvement"]["Offline DV2"]["ci"] == [1.0, 1.0]
+    assert report.reading(two, "CoWorld")[0].endswith("nothing is claimed with 2 seeds (fewer than 3).")
     out = report.results_json(results, agg, {"random": 5.0})
     assert out["runs"]["CoWorld"][0]["returns"] == [10.0, 12.0] and out["runs"]["CoWorld"][0]["score"] == 11.0
     assert json.loads(json.dumps(out))["references"] == {"random": 5.0}

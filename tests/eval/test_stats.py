@@ -78,3 +78,10 @@ def test_agrees_with_rliable():
     assert stats.optimality_gap(ours(x)) == pytest.approx(metrics.aggregate_optimality_gap(x))
     assert stats.probability_of_improvement(ours(x), ours(y)) == pytest.approx(
         metrics.probability_of_improvement(x, y))
+
+
+def test_improvement_verdict():
+    assert stats.improvement_verdict({"value": 0.8, "ci": [0.6, 0.9]}, 3) == "x"
+    assert stats.improvement_verdict({"value": 0.2, "ci": [0.1, 0.4]}, 5) == "y"
+    assert stats.improvement_verdict({"value": 0.6, "ci": [0.4, 0.9]}, 5) is None  # holds 0.5
+    assert stats.improvement_verdict({"value": 1.0, "ci": [1.0, 1.0]}, 2) is None  # two seeds: no claim
