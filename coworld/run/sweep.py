@@ -323,6 +323,8 @@ def _importable(name: str) -> bool:
 
 
 def cmd_sweep(args) -> int:
+    if args.retries < 0 or args.progress_every <= 0:  # Ray reads max_retries=-1 as "retry forever"
+        raise UserError("--retries must be 0 or more and --progress-every above 0")
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     overrides = list(args.overrides)

@@ -56,6 +56,14 @@ def test_trial_stopped_survives_pickling():
     assert isinstance(back, sweep.TrialStopped) and back.code == 143 and "m__t__s0" in str(back)
 
 
+def test_bad_retries_is_one_clear_error(tmp_path, capsys):
+    from coworld.cli import main
+
+    assert main(["sweep", str(BUILTIN), "--out", str(tmp_path / "out"), "--retries", "-1"]) == 2
+    assert "--retries must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_progress_line_counts_and_eta(tmp_path):
     p = sweep.Progress(total=10, slots=2, out=tmp_path, trials=[])
     assert "ETA" not in p.line(0, 2, 0)  # nothing finished: no estimate yet
