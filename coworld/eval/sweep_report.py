@@ -448,7 +448,7 @@ def curve_data(sweep: Sweep, key: str, partial: bool, reps: int = 1000) -> dict:
         if not included(t, partial):
             continue
         for ev in t.evals:
-            v = float(np.mean(ev["returns"])) if key == "return" else ev.get(key)
+            v = stats.seed_score(ev["returns"]) if key == "return" else ev.get(key)
             if v is not None:
                 per[(t.get("group", ""), t.info["task"])][t.info["method"]][ev["step"]][t.id] = v
     rng = np.random.default_rng(0)
