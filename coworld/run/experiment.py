@@ -69,6 +69,7 @@ class Experiment:
     methods: list[dict]
     tasks: list[dict]
     data_root: Path = field(default_factory=lambda: Path("data"))
+    cli_overrides: list[str] = field(default_factory=list)  # coworld sweep --set (and --wandb): after all others
 
     def dataset_path(self, name: str) -> Path:
         return (self.data_root / self.needs[name]["path"]).resolve()
@@ -219,7 +220,8 @@ def load_experiment(path, *, variant: str | None = None, data_root="data", check
                     overrides=(), resources: dict | None = None) -> Experiment:
     """Read and validate an experiment file. ``check_data``: also require every dataset a trial uses
     to exist (scripted ones excepted: the sweep makes them). ``methods`` / ``tasks``: keep only these
-    labels. ``overrides``: ``section.key=value`` settings added to every trial (``coworld sweep --set``);
+    labels. ``overrides``: ``section.key=value`` settings added to every trial after the file's own
+    (``coworld sweep --set``);
     ``resources``: ``{cpus, gpus}`` of every trial, over the file's (``--cpus`` / ``--gpus``)."""
     where = str(path)
     data = apply_variant(read_file(path), variant, where)
@@ -238,9 +240,9 @@ def load_experiment(path, *, variant: str | None = None, data_root="data", check
         name=exp["name"], file=str(path), description=str(exp.get("description", "")), preset=preset,
         seeds=_seeds(exp.get("seeds", 1), f"{where} [experiment]"),
         steps=_steps(exp["steps"], f"{where} [experiment]"), evaluations=evaluations,
-        overrides=_str_list(exp.get("overrides", []), f"{where} [experiment] overrides") + list(overrides),
+        overrides=_str_list(exp.get("overrides", []), f"{where} [experiment] overrides"),
         resources=_resources(exp.get("resources", {}), f"{where} [experiment]"),
-        needs={}, methods=[], tasks=[], data_root=Path(data_root),
+        needs={}, methods=[], tasks=[], data_root=Path(data_root), cli_overrides=list(overrides),
     )
     for i, need in enumerate(data.get("needs", [])):
         w = f"{where} [[needs]] #{i + 1}"
@@ -401,7 +403,7 @@ def expand(experiment: Experiment) -> list[dict]:
             if task["methods"] is not None and method["label"] not in task["methods"]:
                 continue
             inputs = task_inputs(task, algo, experiment, method["multi_source"])
-            overrides = experiment.overrides + task["overrides"] + method["overrides"]
+            overrides = experiment.overrides + task["overrides"] + method["overrides"] + experiment.cli_overrides
             try:
                 cfg = load_config(preset, overrides, defaults=algo.defaults)
             except ConfigError as exc:
@@ -413,7 +415,8 @@ def expand(experiment: Experiment) -> list[dict]:
             if "source" in steps_table and (steps == "matched" or experiment.evaluations):
                 n_sources = len(inputs.get("source") or task.get("source") or [None])
                 # CoWorld's schedule at the experiment's preset, whatever this method's preset is
-                co_cfg = load_config(experiment.preset, experiment.overrides + task["overrides"])
+                co_cfg = load_config(experiment.preset, experiment.overrides + task["overrides"]
+                                     + experiment.cli_overrides)
                 co_updates = target_updates(co_cfg, steps_table["source"], n_sources)
             if steps == "matched":
                 if co_updates is None:

@@ -336,7 +336,7 @@ def cmd_sweep(args) -> int:
                                  methods=methods, tasks=tasks, overrides=overrides,
                                  resources={"cpus": args.cpus, "gpus": args.gpus})
     if args.wandb:
-        experiment.overrides.append(f"train.wandb_group={experiment.name}")
+        experiment.cli_overrides.append(f"train.wandb_group={experiment.name}")
     trials = expand(experiment)
     if args.dry_run:
         for t in trials:

@@ -72,6 +72,15 @@ def test_expansion_ids_inputs_and_matched_budget(tmp_path):
     assert expand(load(tmp_path, BASE)) == trials  # stable: a re-run maps to the same trials
 
 
+def test_set_overrides_come_after_the_files_own(tmp_path):
+    # coworld sweep --set applies over the experiment's, the task's and the method's overrides
+    text = BASE.replace('algo = "offline-dv2"', 'algo = "offline-dv2"\noverrides = ["train.batch=4"]')
+    off = expand(load(tmp_path, text))[1]
+    assert load_config("tiny", off["overrides"]).train.batch == 4
+    off = expand(load(tmp_path, text, overrides=["train.batch=3"]))[1]
+    assert load_config("tiny", off["overrides"]).train.batch == 3
+
+
 def test_evaluations_set_eval_every_in_each_unit(tmp_path):
     exp = load(tmp_path, BASE.replace('preset = "tiny"', 'preset = "tiny"\nevaluations = 4'))
     co, off = expand(exp)[0], expand(exp)[1]
