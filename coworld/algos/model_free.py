@@ -211,6 +211,12 @@ class PixelAgent(nn.Module):
                     "target_every", "cql_samples"):
             if getattr(mf, key) <= 0:
                 raise UserError(f"modelfree.{key} must be positive; got {getattr(mf, key)}")
+        if mf.pad < 0:
+            raise UserError(f"modelfree.pad must be >= 0 (pixels of random shift; 0 = no augmentation); got {mf.pad}")
+        if mf.cql_temp <= 0:
+            raise UserError(f"modelfree.cql_temp must be positive (the log-sum-exp divides Q by it); got {mf.cql_temp}")
+        if not 0.0 < mf.gamma <= 1.0:
+            raise UserError(f"modelfree.gamma is a discount: in (0, 1]; got {mf.gamma}")
         if cfg.train.amp != "none" or cfg.train.compile:
             raise UserError(f"{self.name} runs eagerly in fp32; leave train.amp at none and train.compile at false")
         if cfg.train.length < k + n:

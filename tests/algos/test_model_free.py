@@ -205,6 +205,11 @@ def test_short_windows_and_unsupported_speed_settings_are_refused(reach_data):
         AGENTS["drqbc"](load_config("tiny", ["train.length=3"]), 2)
     with pytest.raises(UserError, match="train.amp"):
         AGENTS["cql"](load_config("tiny", ["train.amp=bf16"]), 2)
+    for bad, message in (("modelfree.pad=-1", "modelfree.pad must be >= 0"),
+                         ("modelfree.cql_temp=0", "modelfree.cql_temp must be positive"),
+                         ("modelfree.gamma=1.5", "modelfree.gamma is a discount")):
+        with pytest.raises(UserError, match=message):
+            AGENTS["cql"](load_config("tiny", [bad]), 2)
 
 
 def test_curl_preset_and_registry_defaults_agree():
