@@ -248,6 +248,9 @@ class CoWorldTrainer(BaseTrainer):
             if cfg.coworld.ewc_batches < 1:
                 raise UserError(f"coworld.ewc_batches must be >= 1 (source batches for the Fisher); "
                                 f"got {cfg.coworld.ewc_batches}")
+            if cfg.coworld.ewc_lambda < 0:
+                raise UserError(f"coworld.ewc_lambda must be >= 0 (a negative weight pushes the weights away from "
+                                f"the pretrained ones); got {cfg.coworld.ewc_lambda}")
             self.ewc = EWC()
         self.eval_env = make_env(cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)

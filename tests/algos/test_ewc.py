@@ -108,6 +108,18 @@ def ewc_args(target_data):
             "--target-env", "builtin:reach"]
 
 
+@pytest.mark.parametrize("bad, message", [("coworld.ewc_lambda=-1", "coworld.ewc_lambda must be >= 0"),
+                                          ("coworld.ewc_batches=0", "coworld.ewc_batches must be >= 1"),
+                                          ("train.amp=fp16", "use --set train.amp=none or bf16")])
+def test_bad_ewc_settings_are_one_clear_error(tmp_path, target_data, bad, message):
+    import coworld
+    from coworld.errors import UserError
+
+    with pytest.raises(UserError, match=message):
+        coworld.train("dv2-finetune-ewc", tmp_path / "run", 100, source="builtin:reach-src",
+                      target_dataset=target_data, overrides=[*SMALL, *CO_SMALL, bad])
+
+
 @pytest.mark.slow
 def test_fisher_computed_once_saved_and_reused_by_a_resumed_run(tmp_path, target_data):
     algo, sets = ewc_args(target_data), SMALL + CO_SMALL
