@@ -143,6 +143,11 @@ class LompoAgent(nn.Module):
             raise UserError("LOMPO runs its updates eagerly in float32: leave train.amp=none and train.compile=false")
         if not 0.0 <= c.real_ratio <= 1.0:
             raise UserError(f"lompo.real_ratio is a fraction of the SAC batch: between 0 and 1; got {c.real_ratio}")
+        for name in ("gamma", "tau"):
+            if not 0.0 < getattr(c, name) <= 1.0:
+                raise UserError(f"lompo.{name} must be in (0, 1]; got {getattr(c, name)}")
+        if c.penalty < 0:
+            raise UserError(f"lompo.penalty (lambda) must be >= 0: a negative one rewards model uncertainty; got {c.penalty}")
         self.cfg, self.action_dim = cfg, int(action_dim)
         self.value_gamma = c.gamma  # SAC's discount, for the overestimation measure and offline diagnostics
         self.device = resolve_device(device)

@@ -196,6 +196,10 @@ def test_settings_are_checked():
         make_agent("lompo.real_ratio=1.5")
     with pytest.raises(UserError, match="amp"):
         make_agent("train.amp=bf16")
+    for bad, message in (("lompo.gamma=0", "lompo.gamma must be in"), ("lompo.tau=2", "lompo.tau must be in"),
+                         ("lompo.penalty=-1", "lompo.penalty")):
+        with pytest.raises(UserError, match=message):
+            make_agent(bad)
 
 
 # -- through the CLI ----------------------------------------------------------------------------
