@@ -295,13 +295,8 @@ def improvements(by_method: dict, focus: str, reps: int = 2000) -> dict:
 
 
 def _mean_band(values: np.ndarray, reps: int, rng: np.random.Generator) -> tuple[float, float, float]:
-    """Mean over seeds and the 95% percentile interval of a bootstrap over seeds (vectorised)."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2:
-        return float(values.mean()), float(values.mean()), float(values.mean())
-    boot = values[rng.integers(0, len(values), (reps, len(values)))].mean(axis=1)
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    return float(values.mean()), float(lo), float(hi)
+    """Mean over seeds and its 95% bootstrap interval over seeds (stats.bootstrap_mean_ci)."""
+    return (float(np.mean(values)), *stats.bootstrap_mean_ci(values, reps, rng=rng))
 
 
 # -- tables ---------------------------------------------------------------------------------------

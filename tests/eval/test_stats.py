@@ -85,3 +85,13 @@ def test_improvement_verdict():
     assert stats.improvement_verdict({"value": 0.2, "ci": [0.1, 0.4]}, 5) == "y"
     assert stats.improvement_verdict({"value": 0.6, "ci": [0.4, 0.9]}, 5) is None  # holds 0.5
     assert stats.improvement_verdict({"value": 1.0, "ci": [1.0, 1.0]}, 2) is None  # two seeds: no claim
+
+
+def test_bootstrap_mean_ci_is_the_one_stratum_bootstrap_ci():
+    values = np.array([1.0, 2.0, 4.0, 8.0])
+    fast = stats.bootstrap_mean_ci(values, reps=20000, rng=np.random.default_rng(1))
+    slow = stats.bootstrap_ci(stats.mean, {"t": values}, reps=20000, seed=2)
+    assert fast == pytest.approx(slow, abs=0.15)  # the same distribution, other draws
+    assert 1.0 <= fast[0] < values.mean() < fast[1] <= 8.0
+    assert stats.bootstrap_mean_ci([3.0], reps=50) == (3.0, 3.0)  # one seed: no spread to resample
+    assert stats.bootstrap_mean_ci([2.0, 2.0, 2.0], reps=50) == (2.0, 2.0)
