@@ -266,7 +266,8 @@ class CoWorldTrainer(BaseTrainer):
         whether the target batches must carry the dataset's recorded states (stages A, B)."""
         cfg = self.cfg
         if finetune:
-            raise UserError("DV2 Finetune (and + EWC) cannot use a state-input source: one agent is pretrained "
+            raise UserError("the finetuning baselines (DV2 Finetune, DV2 Finetune + EWC, LOMPO Finetune) cannot use "
+                            "a state-input source: one agent is pretrained "
                             "on states and finetuned on images, so no part of its encoder or decoder transfers "
                             "(the paper reports it only for CoWorld); drop coworld.source_options.obs=state")
         dims = set()

@@ -129,11 +129,13 @@ def test_state_source_without_target_states_switches_a_and_b_off_with_a_note(tmp
     assert "target/coworld/value_constraint" in keys and "source0/model/state_loss" in keys
 
 
-@pytest.mark.parametrize("algo", ["dv2-finetune", "dv2-finetune-ewc"])
+@pytest.mark.parametrize("algo", ["dv2-finetune", "dv2-finetune-ewc", "lompo-finetune"])
 def test_finetune_refuses_a_state_source(tmp_path, target_data, capsys, algo):
     assert coworld_run(tmp_path / algo, target_data, algo=algo) == 2
     err = capsys.readouterr().err
     assert "cannot use a state-input source" in err and "source_options" in err
+    assert {"dv2-finetune": "DV2 Finetune,", "dv2-finetune-ewc": "DV2 Finetune + EWC",
+            "lompo-finetune": "LOMPO Finetune"}[algo] in err
 
 
 def test_several_state_sources_without_target_states_are_refused(tmp_path, target_data, capsys):
