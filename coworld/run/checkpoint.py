@@ -124,10 +124,15 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def rng_state() -> dict:
-    """torch / NumPy-global / Python ``random`` states, as weights-only-loadable values."""
+    """torch (CPU, and every CUDA device's once CUDA is in use) / NumPy-global / Python ``random``
+    states, as weights-only-loadable values. A run on a GPU draws its augmentations, action noise and
+    latent samples from the CUDA generators, so a resumed GPU run needs them too; a CPU-only process
+    never initialises CUDA for this."""
     np_state = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     return {
+        "cuda": list(cuda),
         "torch": torch.get_rng_state(),
         "numpy": {
             "keys": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -145,6 +150,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []  # (absent from checkpoints written before it was saved)
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
     n = state["numpy"]
     np.random.set_state(
         ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])

@@ -26,6 +26,28 @@ def test_rng_state_round_trip_through_weights_only_file(tmp_path):
     assert [random.random() for _ in range(3)] == expected[2]
 
 
+def test_cuda_generators_are_saved_once_cuda_is_in_use_and_restored(tmp_path, monkeypatch):
+    """A GPU run draws from the CUDA generators: their states travel with the checkpoint (faked here)."""
+    saved = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: restored.extend(states))
+    save_checkpoint(tmp_path / "c.pt", {"rng": rng_state()})
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
+    assert [t.tolist() for t in restored] == [[1, 2], [3]]
+    # a process that never used CUDA saves none (and does not initialise it); old checkpoints lack the key
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert rng_state()["cuda"] == []
+    state = rng_state()
+    del state["cuda"]
+    restored.clear()
+    set_rng_state(state)
+    assert restored == []
+
+
 def test_numpy_generator_state_survives_weights_only(tmp_path):
     gen = np.random.default_rng(123)
     gen.random(7)
