@@ -44,6 +44,11 @@ class TrialStopped(UserError):
         return type(self), (self.trial_id, self.code)
 
 
+class TrialPreempted(TrialStopped):
+    """A trial stopped by SIGTERM (a preempted node, `ray stop`) after saving its checkpoint: Ray
+    retries it like a dead worker, and the retry resumes."""
+
+
 def run_dir(out, trial: dict) -> Path:
     return Path(out) / "runs" / trial["id"]
 
@@ -94,7 +99,8 @@ def run_trial(trial: dict, out: str) -> dict:
         finally:
             spent = _add_partial_wall(directory, time.time() - start, time.process_time() - cpu)
     if result["exit_code"] != 0:
-        raise TrialStopped(trial["id"], result["exit_code"])
+        stopped = TrialPreempted if result["exit_code"] == 143 else TrialStopped
+        raise stopped(trial["id"], result["exit_code"])
     record = {"id": trial["id"], "wall_s": spent["wall_s"], "cpu_s": spent["cpu_s"],
               "final_returns": result["final_returns"], "host": socket.gethostname(),
               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -190,9 +196,9 @@ def run_local(trials: list[dict], out: Path) -> dict:
             failed[t["id"]] = str(exc)
             print(f"trial {t['id']} failed: {exc}", flush=True)
             continue
-        except UserError as exc:
-            failed[t["id"]] = str(exc)
-            print(f"trial {t['id']} failed: {exc}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - one trial's error stops only that trial, as under Ray
+            failed[t["id"]] = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
+            print(f"trial {t['id']} failed: {failed[t['id']]} (log: {run_dir(out, t) / 'stdout.log'})", flush=True)
             continue
         done += 1
         progress.finished(record)
@@ -249,7 +255,7 @@ def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int, loca
         if is_done(out, t):
             continue
         opts = {"num_cpus": t["resources"]["cpus"], "num_gpus": t["resources"]["gpus"], "max_retries": retries,
-                "retry_exceptions": False, "name": t["id"]}
+                "retry_exceptions": [TrialPreempted], "name": t["id"]}
         refs[task.options(**opts).remote(t, str(out.resolve()))] = t
     failed: dict[str, str] = {}
     start, last = time.time(), time.time()

@@ -22,6 +22,7 @@ from tests.run.test_resume import assert_same_state
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = ROOT / "experiments" / "builtin.toml"
 VICTIM = "coworld__reach-src-reach__s0"
+PREEMPTED = "offline-dv2__reach-src-reach__s0"
 
 
 def quick(data, **kw):
@@ -103,8 +104,8 @@ def local_ray():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _kill_after_checkpoint(run: Path, killed: list, deadline: float) -> None:
-    """SIGKILL the worker training ``run`` once it has checkpointed past its start."""
+def _kill_after_checkpoint(run: Path, killed: list, deadline: float, sig=signal.SIGKILL) -> None:
+    """Send ``sig`` to the worker training ``run`` once it has checkpointed past its start."""
     while time.time() < deadline and not (run / "done.json").exists():
         try:
             position = load_checkpoint(run)["run"]["position"] if (run / "checkpoint.pt").exists() else 0
@@ -112,7 +113,7 @@ def _kill_after_checkpoint(run: Path, killed: list, deadline: float) -> None:
         except (OSError, ValueError, KeyError, RuntimeError, EOFError):
             position = 0
         if position > 0:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
             killed.append((pid, position))
             return
         time.sleep(0.05)
@@ -125,12 +126,20 @@ def test_ray_sweep_survives_sigkill_and_rerun_trains_nothing(local_ray, tmp_path
     run = out / "runs" / VICTIM
     killed: list = []
     killer = threading.Thread(target=_kill_after_checkpoint, args=(run, killed, time.time() + 120), daemon=True)
+    # a second trial's worker gets SIGTERM (a preempted node): it saves, and Ray retries it too
+    preempted_run, preempted = out / "runs" / PREEMPTED, []
+    stopper = threading.Thread(target=_kill_after_checkpoint, daemon=True,
+                               args=(preempted_run, preempted, time.time() + 120, signal.SIGTERM))
     killer.start()
+    stopper.start()
     t0 = time.time()
     result = sweep.run_sweep(exp, out, backend="ray", every=5)
     killer.join(timeout=5)
-    print(f"ray sweep of 4 trials with one SIGKILL: {time.time() - t0:.1f} s")
+    stopper.join(timeout=5)
+    print(f"ray sweep of 4 trials with one SIGKILL and one SIGTERM: {time.time() - t0:.1f} s")
     assert killed, "the victim's worker was not killed"
+    assert preempted, "the second trial's worker was not stopped"
+    assert (preempted_run / "stdout.log").read_text().count("--- ") == 2  # stopped, then resumed by the retry
     assert result["failed"] == {} and result["done"] == 4 and result["backend"] == "ray"
     ids = [t["id"] for t in expand(exp)]
     assert all((out / "runs" / i / "done.json").exists() for i in ids)
