@@ -164,7 +164,8 @@ def load_sweep(path) -> Sweep:
         for key in ("method", "task", "seed"):
             if t.get(key) is None:
                 raise UserError(f"trial {tid} of {path} has no {key!r}; the sweep directory is damaged")
-    trials = [read_trial(info, path / "runs" / tid) for tid, info in sorted(infos.items())]
+    # the plan's order (sweep.json), so tables list the methods and tasks as the experiment file does
+    trials = [read_trial(info, path / "runs" / tid) for tid, info in infos.items()]
     return Sweep(path, str(meta.get("experiment", path.name)), trials)
 
 

@@ -339,3 +339,12 @@ def test_transfer_grid_multi_source_row(sweep):
     assert grid[("CoWorld (multi-source)", "builtin:reach")]["value"] == pytest.approx(8.0 - 1.0)
     assert sr._rows(grid)[-1] == "CoWorld (multi-source)"
     assert "| CoWorld (multi-source) |" in sr.transfer_markdown(grid)
+
+
+def test_tables_list_methods_in_the_experiment_files_order(tmp_path):
+    """Rows follow the plan in sweep.json (the focus method first), not the trial ids' alphabet."""
+    root = tmp_path / "sweep"
+    trials = [write_trial(root, f"{m.lower()}-A-s{s}", m, "A", s, [[float(s)]])
+              for s in range(2) for m in ("Zeta", "CoWorld", "Alpha")]
+    (root / "sweep.json").write_text(json.dumps({"experiment": "fixture", "file": "x.toml", "trials": trials}))
+    assert sr._methods_order(sr.load_sweep(root), "CoWorld") == ["CoWorld", "Zeta", "Alpha"]
