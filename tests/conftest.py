@@ -21,3 +21,14 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def target_data(tmp_path_factory):
+    """A small random-policy dataset of builtin:reach (4 episodes of 15 steps), the offline target
+    data of the co-training and baseline tests; read only."""
+    from coworld.data.make import make_dataset
+
+    out = tmp_path_factory.mktemp("target")
+    make_dataset("builtin:reach", "random", 4, out, seed=0, time_limit=15)
+    return out

@@ -94,15 +94,6 @@ def test_fisher_of_an_agent_and_hooks_give_each_module_its_gradient():
     assert not EWC().ready
 
 
-@pytest.fixture(scope="module")
-def target_data(tmp_path_factory):
-    from coworld.data.make import make_dataset
-
-    out = tmp_path_factory.mktemp("target")
-    make_dataset("builtin:reach", "random", 4, out, seed=0, time_limit=15)
-    return out
-
-
 def ewc_args(target_data):
     return ["--algo", "dv2-finetune-ewc", "--source", "builtin:reach-src", "--target-dataset", str(target_data),
             "--target-env", "builtin:reach"]

@@ -21,7 +21,6 @@ from coworld.algos.lompo import (
 from coworld.algos.sac import SAC
 from coworld.cli import main
 from coworld.config import load_config
-from coworld.data.make import make_dataset
 from coworld.errors import UserError
 from tests.run.test_resume import SMALL, assert_same_state, run, run_and_kill
 
@@ -209,13 +208,6 @@ LOMPO_SMALL = ["model.ensemble=3", "lompo.hidden=16", "lompo.batch=16", "lompo.r
 CO_SMALL = ["coworld.block_steps=20", "coworld.warmup_blocks=1", "coworld.wm_warmup_rounds=1",
             "coworld.outer_iters=1", "coworld.target_blocks=2", "coworld.source_blocks=1", "train.prefill=20",
             "coworld.wm_warmup_updates=5"]
-
-
-@pytest.fixture(scope="module")
-def target_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("target")
-    make_dataset("builtin:reach", "random", 4, out, seed=0, time_limit=15)
-    return out
 
 
 @pytest.mark.slow

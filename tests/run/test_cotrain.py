@@ -8,7 +8,6 @@ import pytest
 from coworld.run.cotrain import build_schedule, finetune_schedule, full_source_steps
 from coworld.cli import main
 from coworld.config import load_config
-from coworld.data.make import make_dataset
 from tests.run.test_resume import SMALL, assert_same_state, run, run_and_kill
 
 CO_SMALL = ["coworld.block_steps=20", "coworld.warmup_blocks=1", "coworld.wm_warmup_rounds=1",
@@ -69,13 +68,6 @@ def test_finetune_has_coworld_budget():
     src = lambda s: sum(p.length for p in s if p.kind in ("prefill", "source"))  # noqa: E731
     tgt = lambda s: sum(p.length for p in s if p.kind in ("target", "target_wm"))  # noqa: E731
     assert src(co) == src(ft) and tgt(co) == tgt(ft)
-
-
-@pytest.fixture(scope="module")
-def target_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("target")
-    make_dataset("builtin:reach", "random", 4, out, seed=0, time_limit=15)
-    return out
 
 
 def coworld_args(target_data, *extra):

@@ -8,18 +8,10 @@ import pytest
 
 from coworld.cli import main
 from coworld.config import load_config
-from coworld.data.make import make_dataset
 from coworld.run.cotrain import build_schedule
 from coworld.run.registry import get
 from tests.run.test_cotrain import CO_SMALL
 from tests.run.test_resume import SMALL, assert_same_state, run, run_and_kill
-
-
-@pytest.fixture(scope="module")
-def target_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("target")
-    make_dataset("builtin:reach", "random", 4, out, seed=0, time_limit=15)
-    return out
 
 
 def mt_args(target_data):

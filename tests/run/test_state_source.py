@@ -11,20 +11,12 @@ import torch
 from coworld.algos.coworld import StateSourceAgent, state_alignment_hook
 from coworld.cli import main
 from coworld.config import load_config
-from coworld.data.make import make_dataset
 from coworld.data.replay import Replay
 from coworld.nets import WorldModel
 from tests.run.test_cotrain import CO_SMALL
 from tests.run.test_resume import SMALL
 
 STATE = 'coworld.source_options={obs = "state"}'
-
-
-@pytest.fixture(scope="module")
-def target_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("target")
-    make_dataset("builtin:reach", "random", 4, out, seed=0, time_limit=15)
-    return out
 
 
 def test_replay_samples_the_extra_state_key_and_refuses_episodes_without_it(target_data, tmp_path):
