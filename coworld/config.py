@@ -114,7 +114,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     amp: str = "none"  # mixed precision: "none" | "bf16" | "fp16"
     compile: bool = False  # torch.compile each step's forward+loss (+ its compiled backward); eager = the reference (docs/results.md#update-speed)
-    threads: int = 0  # torch CPU threads (0 = torch default)
+    threads: int = 0  # torch CPU threads; 0 = the cores free when the run starts (cores minus load average), kept on resume
     wandb: bool = False  # also send the scalars to Weights & Biases (pip install 'coworld[wandb]'); off by default
     wandb_project: str = "coworld"  # W&B project of the run
     wandb_group: str = ""  # W&B group ("" = none); `coworld sweep --wandb` sets the experiment's name

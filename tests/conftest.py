@@ -23,6 +23,16 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """In-process runs with train.threads=0 see every other core as busy, so they pick one thread whatever
+    the machine's load (two runs of one test must not differ in thread count); torch is back to one thread
+    after each test."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (1e9, 1e9, 1e9), raising=False)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def target_data(tmp_path_factory):
     """A small random-policy dataset of builtin:reach (4 episodes of 15 steps), the offline target

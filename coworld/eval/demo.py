@@ -27,6 +27,7 @@ from coworld.config import cache_root, load_config
 from coworld.errors import UserError
 from coworld.run import registry
 from coworld.run.experiment import target_updates
+from coworld.run.session import free_cores
 
 TARGET_ENV = "builtin:reach"
 SOURCE_ENV = "builtin:reach-src"
@@ -134,7 +135,7 @@ def _add_partial_wall(logdir: Path, seconds: float) -> float:
 
 
 def _loop(pending: list, running: list, parallel: int, total: int, start: float) -> None:
-    done, last = 0, 0.0
+    done, last, walls = 0, 0.0, []
     while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0)
@@ -156,12 +157,26 @@ def _loop(pending: list, running: list, parallel: int, total: int, start: float)
             wall = _add_partial_wall(job["logdir"], time.time() - job["start"])
             (job["logdir"] / "done.json").write_text(json.dumps({"wall_s": wall}))
             done += 1
+            walls.append(time.time() - job["start"])
             print(f"[{time.time() - start:6.0f}s] done {done}/{total}: {job['method']} seed {job['seed']} "
                   f"({wall:.0f}s)", flush=True)
         if time.time() - last > 20 and running:
             last = time.time()
-            status = ", ".join(f"{j['method']} seed {j['seed']} ({time.time() - j['start']:.0f}s)" for j in running)
-            print(f"[{time.time() - start:6.0f}s] running: {status}", flush=True)
+            print(f"[{time.time() - start:6.0f}s] {_progress(done, total, running, walls, parallel)}", flush=True)
+
+
+def _progress(done: int, total: int, running: list, walls: list, parallel: int) -> str:
+    """One status line: runs done (share of the job), running, and an ETA for the whole job from the
+    mean wall time of the runs finished so far (none before the first one finishes)."""
+    now = time.time()
+    line = f"done {done}/{total} ({100 * done / max(total, 1):.0f}%), running {len(running)}"
+    if walls:
+        mean = sum(walls) / len(walls)
+        left = sum(max(mean - (now - j["start"]), 0.0) for j in running) + mean * (total - done - len(running))
+        line += f"; ETA ~{left / max(parallel, 1) / 60:.0f} min (mean run {mean / 60:.1f} min)"
+    else:
+        line += "; ETA after the first run ends"
+    return line
 
 
 def _raise_interrupt(signum, frame):
@@ -187,7 +202,12 @@ def main(args) -> int:
     print(f"demo: target {TARGET_ENV} ({args.episodes} episodes, {DEFAULTS['level']}), source {SOURCE_ENV}; "
           f"{args.seeds} seeds x {len(methods)} methods; {args.source_steps} source steps and {updates} target updates "
           f"per run; runs in {out}", flush=True)
-    run_jobs(todo, args.parallel)
+    parallel = args.parallel
+    if parallel is None:
+        parallel, cores, load = free_cores()
+        print(f"demo: {parallel} runs at a time ({cores} cores, load average {load:.1f}); --parallel to choose",
+              flush=True)
+    run_jobs(todo, parallel)
     runs: dict[str, list[Path]] = {}
     for job in todo:
         runs.setdefault(job["method"], []).append(job["logdir"])
@@ -251,6 +271,6 @@ def register(sub, groups=None) -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--methods", default="CoWorld,Offline DV2,DV2 Finetune",
                    help=f"comma-separated, from: {', '.join(METHODS)}")
-    p.add_argument("--parallel", type=int, default=max(1, min(2, os.cpu_count() or 1)),
-                   help="runs at a time (one thread each)")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="runs at a time, one thread each (default: the cores not busy with other jobs when it starts)")
     p.set_defaults(func=main)

@@ -102,6 +102,20 @@ def active_session() -> "Session | None":
     return session if session is not None and not session.closed else None
 
 
+def free_cores() -> tuple[int, int, float]:
+    """(threads to use, cores this process may run on, 1-minute load average): the cores minus the
+    load other jobs put on them, rounded, at least 1. What ``train.threads = 0`` resolves to."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(cores, round(cores - load))), cores, load
+
+
 def nonfinite_parameter(modules: dict, prefix: bool = True) -> str | None:
     """'parameter NAME' of the first NaN/inf parameter among the torch modules of ``modules``
     (name -> object; other objects are skipped), NAME prefixed with the module's name when
@@ -321,6 +335,11 @@ class Session:
         else:
             self.cfg = cfg
             self.state = None
+            if not cfg.train.threads:
+                # chosen once, recorded in config.json: a resumed run keeps it (bit-exact resume)
+                cfg.train.threads, cores, load = free_cores()
+                print(f"[threads] train.threads=0: using {cfg.train.threads} of {cores} cores (load average "
+                      f"{load:.1f}); set train.threads to fix it", flush=True)
             write_text_atomic(config_file, self.cfg.to_json(), note=self._disk_note())
         write_text_atomic(run_file, json.dumps(run_args, indent=2, sort_keys=True), note=self._disk_note())
         # Optimiser settings come from the config, not the checkpoint, once the run has been changed.

@@ -27,3 +27,14 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch, capsys):
     # a second call reuses the finished runs and the cached dataset
     assert main(args) == 0
     assert "making the target dataset" not in capsys.readouterr().out
+
+
+def test_demo_progress_line_gives_share_and_eta(monkeypatch):
+    from coworld.eval import demo
+
+    monkeypatch.setattr(demo.time, "time", lambda: 1000.0)
+    assert demo._progress(0, 6, [{"start": 900.0}], [], 2) == "done 0/6 (0%), running 1; ETA after the first run ends"
+    # 2 done (mean 300 s), 2 running for 100 s and 400 s (200 s and 0 s left), 2 pending (600 s): 800 s / 2 runs at a time
+    running = [{"start": 900.0}, {"start": 600.0}]
+    assert demo._progress(2, 6, running, [200.0, 400.0], 2) == \
+        "done 2/6 (33%), running 2; ETA ~7 min (mean run 5.0 min)"

@@ -112,3 +112,26 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "other settings" in proc.stderr and "builtin:wall" in proc.stderr
+
+
+def test_free_cores_counts_the_load_of_other_jobs(monkeypatch):
+    from coworld.run import session
+
+    monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for load, want in ((0.0, 4), (1.4, 3), (2.6, 1), (10.0, 1)):
+        monkeypatch.setattr(session.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert session.free_cores() == (want, 4, load)
+
+
+def test_threads_zero_is_resolved_once_and_recorded(tmp_path):
+    """train.threads=0 picks the free cores at the start and writes the choice into config.json, which a
+    resumed run reads (so it keeps the thread count it started with)."""
+    import json
+
+    sets = [s for s in SMALL if not s.startswith("train.threads")]
+    proc = subprocess.run(command(tmp_path / "r", 40, ["--algo", "dreamer", "--env", "builtin:reach"], sets),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = json.loads((tmp_path / "r" / "config.json").read_text())["train"]["threads"]
+    assert 1 <= threads <= (os.cpu_count() or 1)
+    assert f"using {threads} of" in proc.stdout
