@@ -1,0 +1,195 @@
+"""Does the world model's latent state know where things are? Probes during world-model training.
+
+Trains only the DreamerV2 world model of a preset, on an offline dataset (``--dataset``) or on episodes
+of random actions in ``--env``, and every ``--eval-every`` updates measures, on held-out random-action
+episodes of ``--env`` (every built-in task has a low-dimensional ``state``):
+
+- ridge readouts (R^2) of the agent's position, the goal's position and their distance from the
+  encoder's embedding and from the latent (posterior mean and deterministic state, no sampling noise);
+  the built-in tasks' state layout: agent x, y in columns 0-1, goal x, y in columns 4-5;
+- how the decoder redraws the (red) agent from the posterior: the distance in pixels between the red
+  centroids of reconstruction and frame, and the reconstruction's share of the frame's red mass
+  (1 = drawn at full strength, near 0 = faded into the background);
+- the reward head's correlation with the recorded rewards, and the agent's redrawing, on training windows.
+
+A quantity the latent does not hold is one the actor cannot be trained to act on. Used for the `tiny`
+preset's choices (its header and docs/results.md):
+
+    python3 scripts/wm_probe.py --dataset DIR --updates 2000 --set model.depth=16
+
+Prints one JSON line per evaluation and, with --json, writes them all to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coworld import envs
+from coworld.algos.dreamer import DreamerAgent
+from coworld.config import load_config
+from coworld.data.replay import Replay
+from coworld.run.diagnostics import offline_diagnostics
+
+
+def r2(pred, y):
+    return 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+
+
+def ridge_r2(x_fit, y_fit, x_test, y_test, lam=0.1):
+    """R^2 per output column of a ridge regression (features standardised and targets centred on the
+    fit split; the intercept is not penalised)."""
+    mu, sd = x_fit.mean(0), x_fit.std(0)
+    sd = sd + 0.1 * sd.mean() + 1e-8  # a feature nearly constant on the fit split must not blow up on the test split
+    a, b = (x_fit - mu) / sd, (x_test - mu) / sd
+    ymu = y_fit.mean(0)
+    w = np.linalg.solve(a.T @ a + lam * len(a) * np.eye(a.shape[1]), a.T @ (y_fit - ymu))
+    return r2(b @ w + ymu, y_test)
+
+
+def episodes_from_env(env_id, n, seed):
+    """n episodes of uniformly random actions in ``env_id``, in the dataset's layout (action[t] led to
+    image[t]; a zero action at the reset frame): wide coverage of the state space for the probe."""
+    env = envs.make(env_id, seed=seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        obs, _ = env.reset(seed=seed * 100_000 + i)
+        ep = {"image": [obs["image"]], "state": [obs["state"]], "action": [np.zeros(env.action_space.shape)],
+              "reward": [0.0]}
+        done = False
+        while not done:
+            action = rng.uniform(-1, 1, env.action_space.shape)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            for k, v in (("image", obs["image"]), ("state", obs["state"]), ("action", action), ("reward", reward)):
+                ep[k].append(v)
+            done = terminated or truncated
+        ep = {k: np.asarray(v, np.uint8 if k == "image" else np.float32) for k, v in ep.items()}
+        ep["is_first"] = np.zeros(len(ep["reward"]), bool)
+        out.append(ep)
+    return out
+
+
+def windows(eps, length):
+    """Episodes cut into consecutive windows of ``length`` (as the model is trained: each window
+    starts from a reset state), batch-major, and their states (W, length, n)."""
+    keys = ("image", "action", "reward", "is_first", "state")
+    n = (len(eps[0]["reward"]) // length) * length
+    out = {k: torch.from_numpy(np.concatenate([e[k][:n].reshape(-1, length, *e[k].shape[1:]) for e in eps]))
+           for k in keys}
+    out["is_first"][:, 0] = True
+    return out, out.pop("state").numpy()
+
+
+PROBED = {"agent": [0, 1], "goal": [4, 5], "distance": [6]}
+
+
+def redness(image: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) in [-0.5, 0.5] -> (..., H, W): how far red exceeds green and blue, which marks
+    the built-in agent (red) and nothing else (the goal is green, the background grey-blue)."""
+    x = image + 0.5
+    return (x[..., 0, :, :] - torch.maximum(x[..., 1, :, :], x[..., 2, :, :])).clamp(min=0)
+
+
+def centroid(mass: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) -> (N, 2) mass-weighted (row, column), in pixels."""
+    rows = torch.arange(mass.shape[-2], dtype=mass.dtype)
+    cols = torch.arange(mass.shape[-1], dtype=mass.dtype)
+    total = mass.sum((-2, -1)).clamp(min=1e-6)
+    return torch.stack([(mass.sum(-1) * rows).sum(-1) / total, (mass.sum(-2) * cols).sum(-1) / total], -1)
+
+
+@torch.no_grad()
+def probe(agent, fit, test) -> dict:
+    """The readouts and the agent's redrawing described in the module docstring."""
+    feats, ys = [], []
+    for batch, state in (fit, test):
+        embed = agent.wm.encode(batch["image"])
+        post, _ = agent.wm.observe(embed, batch["action"], batch["is_first"])
+        mean = post.get("mean", post["stoch"]).reshape(*post["stoch"].shape[:2], -1)
+        flat = lambda t: t.float().reshape(-1, t.shape[-1]).cpu().numpy()
+        feats.append({"embed": flat(embed), "latent": flat(torch.cat([mean, post["deter"]], -1))})
+        y = state.reshape(-1, state.shape[-1])
+        ys.append(np.concatenate([y, np.linalg.norm(y[:, :2] - y[:, 4:6], axis=1, keepdims=True)], 1))
+    out = {}
+    for name in feats[0]:
+        r = ridge_r2(feats[0][name], ys[0], feats[1][name], ys[1])
+        out.update({f"{name}/{q}": round(float(r[c].mean()), 2) for q, c in PROBED.items()})
+    out.update(redraw(agent, test[0]))
+    return out
+
+
+@torch.no_grad()
+def redraw(agent, batch, prefix="agent") -> dict:
+    """Centroid distance (pixels) and red-mass share of the decoder's posterior reconstruction of the
+    agent on a batch of windows."""
+    embed = agent.wm.encode(batch["image"])
+    post, _ = agent.wm.observe(embed, batch["action"], batch["is_first"])
+    red_r = redness(agent.wm.decoder(agent.wm.feat(post)).float()).flatten(0, 1)
+    red_t = redness(agent.wm.prepare(batch["image"])).flatten(0, 1)
+    return {f"{prefix}_px_error": round(float((centroid(red_r) - centroid(red_t)).norm(dim=-1).mean()), 2),
+            f"{prefix}_red_share": round(float(red_r.sum() / red_t.sum()), 2)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", help="train on this dataset (default: on --train-episodes random-action episodes of --env)")
+    p.add_argument("--train-episodes", type=int, default=300)
+    p.add_argument("--env", default="builtin:reach", help="where the probe's episodes come from (random actions)")
+    p.add_argument("--probe-episodes", type=int, default=90, help="two thirds fit the probe, one third tests it")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--set", action="append", default=[], dest="overrides")
+    p.add_argument("--updates", type=int, default=2000)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = load_config(args.preset, args.overrides)
+    eps = episodes_from_env(args.env, args.probe_episodes, seed=10_000 + args.seed)
+    cut = (2 * len(eps)) // 3
+    fit, test = windows(eps[:cut], cfg.train.length), windows(eps[cut:], cfg.train.length)
+    if args.dataset:
+        replay = Replay(args.dataset, seed=args.seed)
+    else:
+        replay = Replay(None, seed=args.seed, readonly=False)
+        for ep in episodes_from_env(args.env, args.train_episodes, seed=args.seed):
+            n = len(ep["reward"])
+            replay.add_episode({**{k: v for k, v in ep.items() if k != "state"}, "discount": np.ones(n, np.float32),
+                                "is_terminal": np.zeros(n, bool), "is_first": np.arange(n) == 0})
+    agent = DreamerAgent(cfg, replay.action_dim)
+    diag_rng = np.random.default_rng(1234)
+    rows, t0, spent = [], time.time(), 0.0
+    for u in range(args.updates + 1):
+        if u % args.eval_every == 0:
+            found = probe(agent, fit, test)
+            train = replay.sample(32, cfg.train.length, rng=diag_rng)
+            diag = offline_diagnostics(agent, train, cfg.behaviour.gamma)
+            row = {"updates": u, "train_s": round(spent, 1), "reward_corr": round(diag["reward_corr"], 3)}
+            row.update(found)
+            row.update(redraw(agent, train, prefix="train_agent"))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if u == args.updates:
+            break
+        t = time.time()
+        batch = replay.sample(cfg.train.batch, cfg.train.length)
+        agent.world_model_step(batch)
+        spent += time.time() - t
+    if args.json:
+        Path(args.json).write_text(json.dumps({"overrides": args.overrides, "seed": args.seed, "rows": rows,
+                                               "wall_s": time.time() - t0}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
