@@ -7,9 +7,10 @@ episodes of ``--env`` (every built-in task has a low-dimensional ``state``):
 - ridge readouts (R^2) of the agent's position, the goal's position and their distance from the
   encoder's embedding and from the latent (posterior mean and deterministic state, no sampling noise);
   the built-in tasks' state layout: agent x, y in columns 0-1, goal x, y in columns 4-5;
-- how the decoder redraws the (red) agent from the posterior: the distance in pixels between the red
-  centroids of reconstruction and frame, and the reconstruction's share of the frame's red mass
-  (1 = drawn at full strength, near 0 = faded into the background);
+- how the decoder redraws the (red) agent, from the posterior and open loop (5 frames observed, the
+  rest imagined from the recorded actions): the distance in pixels between the red centroids of
+  reconstruction and frame, and the reconstruction's share of the frame's red mass (1 = drawn at full
+  strength, near 0 = faded into the background);
 - the reward head's correlation with the recorded rewards, and the agent's redrawing, on training windows.
 
 A quantity the latent does not hold is one the actor cannot be trained to act on. Used for the `tiny`
@@ -38,6 +39,7 @@ from coworld.algos.dreamer import DreamerAgent
 from coworld.config import load_config
 from coworld.data.replay import Replay
 from coworld.run.diagnostics import offline_diagnostics
+from coworld.run.openloop import openloop_predict
 
 
 def r2(pred, y):
@@ -128,15 +130,22 @@ def probe(agent, fit, test) -> dict:
 
 
 @torch.no_grad()
-def redraw(agent, batch, prefix="agent") -> dict:
-    """Centroid distance (pixels) and red-mass share of the decoder's posterior reconstruction of the
-    agent on a batch of windows."""
+def redraw(agent, batch, prefix="agent", context=5) -> dict:
+    """Centroid distance (pixels) and red-mass share of the agent in the decoder's reconstructions of a
+    batch of windows: from the posterior (every frame), and open loop (the first ``context`` frames
+    observed, the rest imagined from the recorded actions: the dynamics the actor's gradient runs through)."""
     embed = agent.wm.encode(batch["image"])
     post, _ = agent.wm.observe(embed, batch["action"], batch["is_first"])
-    red_r = redness(agent.wm.decoder(agent.wm.feat(post)).float()).flatten(0, 1)
-    red_t = redness(agent.wm.prepare(batch["image"])).flatten(0, 1)
-    return {f"{prefix}_px_error": round(float((centroid(red_r) - centroid(red_t)).norm(dim=-1).mean()), 2),
-            f"{prefix}_red_share": round(float(red_r.sum() / red_t.sum()), 2)}
+    red_t = redness(agent.wm.prepare(batch["image"]))
+    red_r = redness(agent.wm.decoder(agent.wm.feat(post)).float())
+    _, model = openloop_predict(agent, batch, context=context, rows=len(batch["image"]))
+    red_o = redness(agent.wm.prepare(torch.from_numpy(model)))[:, context:]
+    out = {}
+    for name, red, true in ((prefix, red_r, red_t), (prefix + "_openloop", red_o, red_t[:, context:])):
+        red, true = red.flatten(0, 1), true.flatten(0, 1)
+        out[f"{name}_px_error"] = round(float((centroid(red) - centroid(true)).norm(dim=-1).mean()), 2)
+        out[f"{name}_red_share"] = round(float(red.sum() / true.sum()), 2)
+    return out
 
 
 def main(argv=None):
