@@ -20,9 +20,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coworld.algos.dreamer import resolve_device
+from coworld.algos.sac import soft_update, squashed_logp
 from coworld.config import Config
 from coworld.errors import UserError
-from coworld.nets.pixel import PixelEncoder, Trunk, channels_first, mlp, push_frame, random_shift, stack_frames
+from coworld.nets.pixel import (
+    PixelEncoder,
+    Trunk,
+    channels_first,
+    mlp,
+    push_frame,
+    random_shift,
+    stack_frames,
+)
 
 # ----------------------------------------------------------------------------------------- equations
 
@@ -106,20 +115,6 @@ def infonce_bilinear(z_anchor: Tensor, z_positive: Tensor, W: Tensor) -> Tensor:
     logits = z_anchor @ (W @ z_positive.T)
     logits = logits - logits.max(1, keepdim=True).values
     return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
-
-
-def soft_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """Polyak averaging theta' <- tau * theta + (1 - tau) * theta'."""
-    with torch.no_grad():
-        for p, p_t in zip(online.parameters(), target.parameters()):
-            p_t.lerp_(p, tau)
-
-
-def squashed_logp(u: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """log pi(tanh u) of a tanh-squashed Gaussian (SAC, Haarnoja et al. 2018, App. C):
-    log N(u; mean, std) - sum log(1 - tanh(u)^2), the last term as 2 (log 2 - u - softplus(-2u))."""
-    normal = torch.distributions.Normal(mean, std).log_prob(u).sum(-1)
-    return normal - (2 * (math.log(2.0) - u - F.softplus(-2 * u))).sum(-1)
 
 
 # ------------------------------------------------------------------------------------------ networks
@@ -283,7 +278,7 @@ class PixelAgent(nn.Module):
         obs = stack_frames(image, is_first, t0.expand(b, -1), k)
         nxt = stack_frames(image, is_first, boot, k)
         action = batch["action"].to(self.device).float()[:, t0 + 1]
-        flat = lambda x: x.flatten(0, 1)  # noqa: E731
+        flat = lambda x: x.flatten(0, 1)
         return {"obs": flat(obs), "next": flat(nxt), "action": flat(action), "ret": flat(ret),
                 "discount": flat(disc), "w": flat(valid)}
 

@@ -5,15 +5,30 @@ dataset collector (``coworld data collect``, :mod:`coworld.run.collect`), which 
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 
 def mlp(inp: int, out: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+
+def soft_update(online: nn.Module, target: nn.Module, tau: float) -> None:
+    """Polyak averaging theta' <- tau * theta + (1 - tau) * theta'."""
+    with torch.no_grad():
+        for p, p_t in zip(online.parameters(), target.parameters()):
+            p_t.lerp_(p, tau)
+
+
+def squashed_logp(u: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """log pi(tanh u) of a tanh-squashed Gaussian (SAC, Haarnoja et al. 2018, App. C):
+    log N(u; mean, std) - sum log(1 - tanh(u)^2), the last term as 2 (log 2 - u - softplus(-2u))."""
+    normal = torch.distributions.Normal(mean, std).log_prob(u).sum(-1)
+    return normal - (2 * (math.log(2.0) - u - F.softplus(-2 * u))).sum(-1)
 
 
 class SAC(nn.Module):
@@ -40,11 +55,9 @@ class SAC(nn.Module):
         """Action in [-1, 1] and its log-probability (tanh change of variables)."""
         mean, log_std = self.actor(state).chunk(2, -1)
         log_std = -5 + 3.5 * (torch.tanh(log_std) + 1)  # in [-5, 2]
-        dist = torch.distributions.Normal(mean, log_std.exp())
-        u = dist.rsample() if explore else mean
-        # log(1 - tanh(u)^2) = 2 (log 2 - u - softplus(-2u)), the numerically stable form
-        logp = dist.log_prob(u).sum(-1) - (2 * (np.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        return torch.tanh(u), logp
+        std = log_std.exp()
+        u = torch.distributions.Normal(mean, std).rsample() if explore else mean
+        return torch.tanh(u), squashed_logp(u, mean, std)
 
     def q(self, state, action):
         sa = torch.cat([state, action], -1)
@@ -73,10 +86,8 @@ class SAC(nn.Module):
         alpha_loss.backward()
         self.alpha_opt.step()
 
-        with torch.no_grad():
-            for net, tgt in ((self.q1, self.q1_target), (self.q2, self.q2_target)):
-                for p, p_t in zip(net.parameters(), tgt.parameters()):
-                    p_t.lerp_(p, self.tau)
+        soft_update(self.q1, self.q1_target, self.tau)
+        soft_update(self.q2, self.q2_target, self.tau)
         self.updates += 1
         return {"q_loss": q_loss.item(), "actor_loss": actor_loss.item(), "alpha": alpha.item()}
 
