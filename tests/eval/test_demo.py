@@ -10,7 +10,7 @@ def test_demo_end_to_end_small(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COWORLD_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--seeds", "2", "--episodes", "3", "--source-steps", "150",
-            "--methods", "CoWorld,Offline DV2,DV2 Finetune"]
+            "--methods", "CoWorld,Offline DV2,DV2 Finetune", "--parallel", "2"]
     assert main(args) == 0
     text = capsys.readouterr().out
     for method in ("CoWorld", "Offline DV2", "DV2 Finetune"):
