@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +36,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coworld import envs
 from coworld.algos.dreamer import DreamerAgent
 from coworld.config import load_config
+from coworld.data.episodes import list_episode_files, load_episode
+from coworld.data.make import make_dataset
 from coworld.data.replay import Replay
 from coworld.run.diagnostics import offline_diagnostics
 from coworld.run.openloop import openloop_predict
@@ -57,27 +60,18 @@ def ridge_r2(x_fit, y_fit, x_test, y_test, lam=0.1):
     return r2(b @ w + ymu, y_test)
 
 
-def episodes_from_env(env_id, n, seed):
-    """n episodes of uniformly random actions in ``env_id``, in the dataset's layout (action[t] led to
-    image[t]; a zero action at the reset frame): wide coverage of the state space for the probe."""
-    env = envs.make(env_id, seed=seed)
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        obs, _ = env.reset(seed=seed * 100_000 + i)
-        ep = {"image": [obs["image"]], "state": [obs["state"]], "action": [np.zeros(env.action_space.shape)],
-              "reward": [0.0]}
-        done = False
-        while not done:
-            action = rng.uniform(-1, 1, env.action_space.shape)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            for k, v in (("image", obs["image"]), ("state", obs["state"]), ("action", action), ("reward", reward)):
-                ep[k].append(v)
-            done = terminated or truncated
-        ep = {k: np.asarray(v, np.uint8 if k == "image" else np.float32) for k, v in ep.items()}
-        ep["is_first"] = np.zeros(len(ep["reward"]), bool)
-        out.append(ep)
-    return out
+def random_episodes(env_id, n, seed, directory) -> list[dict]:
+    """n episodes of uniformly random actions in ``env_id`` (``make_dataset``'s "random" level, written
+    to ``directory``), loaded: wide coverage of the state space, and each keeps its ``state``."""
+    make_dataset(env_id, "random", n, directory, seed=seed)
+    return [load_episode(f) for f in list_episode_files(directory)]
+
+
+@torch.no_grad()
+def posterior(agent, batch):
+    """(embedding, posterior states) of a batch of windows."""
+    embed = agent.wm.encode(batch["image"])
+    return embed, agent.wm.observe(embed, batch["action"], batch["is_first"])[0]
 
 
 def windows(eps, length):
@@ -114,8 +108,7 @@ def probe(agent, fit, test) -> dict:
     """The readouts and the agent's redrawing described in the module docstring."""
     feats, ys = [], []
     for batch, state in (fit, test):
-        embed = agent.wm.encode(batch["image"])
-        post, _ = agent.wm.observe(embed, batch["action"], batch["is_first"])
+        embed, post = posterior(agent, batch)
         mean = post.get("mean", post["stoch"]).reshape(*post["stoch"].shape[:2], -1)
         flat = lambda t: t.float().reshape(-1, t.shape[-1]).cpu().numpy()
         feats.append({"embed": flat(embed), "latent": flat(torch.cat([mean, post["deter"]], -1))})
@@ -125,17 +118,17 @@ def probe(agent, fit, test) -> dict:
     for name in feats[0]:
         r = ridge_r2(feats[0][name], ys[0], feats[1][name], ys[1])
         out.update({f"{name}/{q}": round(float(r[c].mean()), 2) for q, c in PROBED.items()})
-    out.update(redraw(agent, test[0]))
+    out.update(redraw(agent, test[0], post))  # ``post``: the test split's
     return out
 
 
 @torch.no_grad()
-def redraw(agent, batch, prefix="agent", context=5) -> dict:
+def redraw(agent, batch, post=None, prefix="agent", context=5) -> dict:
     """Centroid distance (pixels) and red-mass share of the agent in the decoder's reconstructions of a
     batch of windows: from the posterior (every frame), and open loop (the first ``context`` frames
-    observed, the rest imagined from the recorded actions: the dynamics the actor's gradient runs through)."""
-    embed = agent.wm.encode(batch["image"])
-    post, _ = agent.wm.observe(embed, batch["action"], batch["is_first"])
+    observed, the rest imagined from the recorded actions: the dynamics the actor's gradient runs through).
+    ``post``: the batch's posterior states when the caller has them."""
+    post = posterior(agent, batch)[1] if post is None else post
     red_t = redness(agent.wm.prepare(batch["image"]))
     red_r = redness(agent.wm.decoder(agent.wm.feat(post)).float())
     _, model = openloop_predict(agent, batch, context=context, rows=len(batch["image"]))
@@ -165,28 +158,34 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = load_config(args.preset, args.overrides)
-    eps = episodes_from_env(args.env, args.probe_episodes, seed=10_000 + args.seed)
-    cut = (2 * len(eps)) // 3
-    fit, test = windows(eps[:cut], cfg.train.length), windows(eps[cut:], cfg.train.length)
-    if args.dataset:
-        replay = Replay(args.dataset, seed=args.seed)
-    else:
-        replay = Replay(None, seed=args.seed, readonly=False)
-        for ep in episodes_from_env(args.env, args.train_episodes, seed=args.seed):
-            n = len(ep["reward"])
-            replay.add_episode({**{k: v for k, v in ep.items() if k != "state"}, "discount": np.ones(n, np.float32),
-                                "is_terminal": np.zeros(n, bool), "is_first": np.arange(n) == 0})
+    tmp = Path(tempfile.mkdtemp(prefix="wm-probe-"))
+    try:
+        eps = random_episodes(args.env, args.probe_episodes, 10_000 + args.seed, tmp / "probe")
+        cut = (2 * len(eps)) // 3
+        fit, test = windows(eps[:cut], cfg.train.length), windows(eps[cut:], cfg.train.length)
+        data = args.dataset
+        if not data:
+            data = tmp / "train"
+            make_dataset(args.env, "random", args.train_episodes, data, seed=args.seed)
+        replay = Replay(data, seed=args.seed, cache_dir=tmp / "cache")
+        fit_and_probe(args, cfg, replay, fit, test)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fit_and_probe(args, cfg, replay, fit, test) -> None:
+    """World-model updates on ``replay``, probed every ``--eval-every`` updates; one JSON line per probe."""
     agent = DreamerAgent(cfg, replay.action_dim)
     diag_rng = np.random.default_rng(1234)
     rows, t0, spent = [], time.time(), 0.0
     for u in range(args.updates + 1):
         if u % args.eval_every == 0:
             found = probe(agent, fit, test)
-            train = replay.sample(32, cfg.train.length, rng=diag_rng)
-            diag = offline_diagnostics(agent, train, cfg.behaviour.gamma)
+            seen = replay.sample(32, cfg.train.length, rng=diag_rng)
+            diag = offline_diagnostics(agent, seen, cfg.behaviour.gamma)
             row = {"updates": u, "train_s": round(spent, 1), "reward_corr": round(diag["reward_corr"], 3)}
             row.update(found)
-            row.update(redraw(agent, train, prefix="train_agent"))
+            row.update(redraw(agent, seen, prefix="train_agent"))
             rows.append(row)
             print(json.dumps(row), flush=True)
         if u == args.updates:
