@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import time
 import traceback
@@ -31,6 +32,10 @@ from coworld.run.experiment import Experiment, expand, load_experiment, make_scr
 RAY_HINT = "pip install 'coworld[ray]'"
 DONE = "done.json"
 PID = "worker.pid"
+
+
+# exit codes of a run stopped by Ctrl-C / SIGTERM after saving its checkpoint (128 + signal number)
+INTERRUPTED, PREEMPTED = 128 + signal.SIGINT, 128 + signal.SIGTERM
 
 
 class TrialStopped(UserError):
@@ -99,7 +104,7 @@ def run_trial(trial: dict, out: str) -> dict:
         finally:
             spent = _add_partial_wall(directory, time.time() - start, time.process_time() - cpu)
     if result["exit_code"] != 0:
-        stopped = TrialPreempted if result["exit_code"] == 143 else TrialStopped
+        stopped = TrialPreempted if result["exit_code"] == PREEMPTED else TrialStopped
         raise stopped(trial["id"], result["exit_code"])
     record = {"id": trial["id"], "wall_s": spent["wall_s"], "cpu_s": spent["cpu_s"],
               "final_returns": result["final_returns"], "host": socket.gethostname(),
@@ -190,7 +195,7 @@ def run_local(trials: list[dict], out: Path) -> dict:
         try:
             record = run_trial(t, str(out))
         except TrialStopped as exc:
-            if exc.code in (130, 143):  # Ctrl-C / SIGTERM: the run saved its checkpoint
+            if exc.code in (INTERRUPTED, PREEMPTED):  # the run saved its checkpoint
                 raise UserError(f"sweep interrupted during {t['id']} (saved); re-run the same command to "
                                 "resume") from None
             failed[t["id"]] = str(exc)

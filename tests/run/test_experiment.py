@@ -211,3 +211,17 @@ def test_resources_from_the_command_line(tmp_path):
     assert all(t["resources"] == {"cpus": 3, "gpus": 0.5} and "train.threads=3" in t["overrides"] for t in trials)
     with pytest.raises(UserError, match="resources.gpus must be a number >= 0"):
         load(tmp_path, BASE, resources={"gpus": -1})
+
+
+def test_experiment_compute_scales_table12_by_budget():
+    """scripts/experiment_compute.py: a trial is charged its method's Table 12 minutes scaled by its budget."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "experiment_compute.py"
+    spec = importlib.util.spec_from_file_location("experiment_compute", path)
+    ec = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ec)
+    trials = [{"algo": "coworld", "steps": 155_000},  # the full Meta-World budget: 3,346 min
+              {"algo": "offline-dv2", "steps": 40_000},  # half of 80,000 updates: 2,054 / 2 min
+              {"algo": "curl", "steps": 80_000}]  # charged as Offline DV2: 2,054 min
+    assert ec.gpu_hours(trials) == pytest.approx((3346 + 1027 + 2054) / 60)
