@@ -6,7 +6,7 @@ from torch.distributions import Normal, kl_divergence
 
 from coworld.config import load_config
 from coworld.nets import RSSM, Decoder, Encoder, GRUCell, WorldModel, preprocess
-from coworld.nets.world_model import gaussian_std, kl_balance, straight_through_onehot
+from coworld.nets.world_model import gaussian_nll, gaussian_std, kl_balance, straight_through_onehot
 
 SMALL = [
     "model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4", "model.classes=3",
@@ -24,6 +24,7 @@ def test_preprocess_scale_and_layout():
     x = preprocess(img)
     assert x.shape == (2, 3, 64, 64)
     assert torch.all(x[:, 0] == -0.5) and torch.all(x[:, 1] == 0.5)
+    assert x.is_contiguous()  # channels-first in memory, not a permuted view (the loss and encoder read it)
 
 
 def test_encoder_decoder_shapes():
@@ -34,6 +35,66 @@ def test_encoder_decoder_shapes():
     assert dec(torch.zeros(2, 3, 10)).shape == (2, 3, 3, 64, 64)
     kernels = [m.kernel_size[0] for m in dec.net if isinstance(m, torch.nn.ConvTranspose2d)]
     assert kernels == [5, 5, 6, 6]
+
+
+def _plain_decoder(dec: Decoder, feat: torch.Tensor) -> torch.Tensor:
+    """The decoder as the textbook layers: Linear, then nn.ConvTranspose2d / ELU as built."""
+    x = dec.fc(feat).reshape(-1, 32 * dec.depth, 1, 1)
+    for layer in dec.net:
+        x = torch.nn.functional.elu(x) if isinstance(layer, torch.nn.ELU) else layer(x)
+    return x.reshape(*feat.shape[:-1], 3, 64, 64)
+
+
+def test_decoder_equals_plain_transposed_convs():
+    # the decoder computes its transposed convs another way (addmm, phase convs, in-place ELU);
+    # values and every gradient must equal the plain layers' up to float rounding
+    torch.manual_seed(0)
+    dec = Decoder(10, 4)
+    feat = torch.randn(2, 3, 10, requires_grad=True)
+    ours, plain = dec(feat), _plain_decoder(dec, feat)
+    assert torch.allclose(ours, plain, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, [feat, *dec.parameters()], g)
+    ref = torch.autograd.grad(plain, [feat, *dec.parameters()], g)
+    for a, b in zip(grads, ref):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_encoder_gradients_equal_out_of_place_elu():
+    torch.manual_seed(0)
+    enc = Encoder(4)
+    x = torch.rand(5, 3, 64, 64) - 0.5
+    ours = enc(x)
+    y = x
+    for layer in enc.net:
+        y = torch.nn.functional.elu(y) if isinstance(layer, torch.nn.ELU) else layer(y)
+    plain = y.reshape(5, -1)
+    assert torch.allclose(ours, plain, atol=1e-6)
+    g = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, list(enc.parameters()), g),
+                    torch.autograd.grad(plain, list(enc.parameters()), g)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_image_nll_hand_values_and_gradient():
+    mean = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [0.0, -1.0]]], requires_grad=True)  # (2, 2, 2)
+    target = torch.zeros(2, 2, 2)
+    nll = gaussian_nll(mean, target, event_dims=2)
+    # 0.5 * sum of squares + 4 * 0.5 * log(2 pi): 0.5 * 30 and 0.5 * 1.25
+    log2pi = math.log(2 * math.pi)
+    assert torch.allclose(nll, torch.tensor([15.0 + 2 * log2pi, 0.625 + 2 * log2pi]))
+    (grad,) = torch.autograd.grad(nll, mean, torch.tensor([1.0, 2.0]))
+    # d/d mean of 0.5 (mean - target)^2 is (mean - target), times the upstream gradient per image
+    assert torch.allclose(grad, torch.stack([mean[0], 2 * mean[1]]).detach())
+    # a bf16 mean (autocast) gets a bf16 gradient, the loss stays float32
+    half = mean.detach().bfloat16().requires_grad_()
+    out = gaussian_nll(half, target, event_dims=2)
+    assert out.dtype == torch.float32
+    assert torch.autograd.grad(out.sum(), half)[0].dtype == torch.bfloat16
+    # a target that needs gradients takes the plain formula (the fast path returns none for it)
+    t = torch.ones(2, 2, 2, requires_grad=True)
+    (gt,) = torch.autograd.grad(gaussian_nll(mean, t, event_dims=2).sum(), t)
+    assert torch.allclose(gt, (t - mean).detach())
 
 
 def test_gaussian_std_formula():
