@@ -41,6 +41,7 @@ from coworld.algos.coworld import ActionAdapter, reward_alignment_hook, state_al
 from coworld.algos.dreamer import DreamerAgent, resolve_device
 from coworld.algos.offline_dv2 import OfflineDV2Agent
 from coworld.config import Config
+from coworld.run.session import free_cores
 
 DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KINDS = ("source", "target", "align")
@@ -110,8 +111,8 @@ def bench(
     cfg = copy.deepcopy(cfg)
     cfg.train.batch, cfg.train.length, cfg.train.amp, cfg.train.compile = batch, length, amp, compile
     kinds = tuple(kinds) if kinds else kinds_from_env()
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+    # train.threads = 0: the free cores, as a training run resolves it (printed with the figures)
+    torch.set_num_threads(cfg.train.threads or free_cores()[0])
     dev = resolve_device(device)
     agent_cls = OfflineDV2Agent if cfg.model.ensemble >= 2 else DreamerAgent
     agent = agent_cls(cfg, action_dim, device=dev)

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from coworld.config import load_config
 from coworld.errors import UserError
@@ -11,6 +12,7 @@ SMALL = ["model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4", 
 @pytest.mark.parametrize("extra,kinds", [([], KINDS), (["model.ensemble=2"], ("source",))])
 def test_bench_reports_consistent_figures(extra, kinds, capsys):
     cfg = load_config("tiny", SMALL + extra)
+    torch.set_num_threads(2)  # not what bench must choose (below)
     r = bench(cfg, batch=2, length=3, updates=2, warmup=1, device="cpu", amp="none", compile=False, kinds=kinds)
     assert r["agent"] == ("OfflineDV2Agent" if extra else "DreamerAgent")
     assert list(r["kinds"]) == list(kinds) and r["kind"] == kinds[0]
@@ -22,6 +24,9 @@ def test_bench_reports_consistent_figures(extra, kinds, capsys):
             k["flops_total"] / (k["ms_total"] / 1e3) / k["matmul_flops_per_s"])
         assert k["peak_memory_bytes"] > 0 and k["first_update_s"] > 0
     assert r["batch"] == 2 and r["length"] == 3
+    # train.threads = 0 (the preset's): the free cores, as a run resolves it; the conftest makes every
+    # other core look busy, so one thread
+    assert cfg.train.threads == 0 and r["threads"] == 1
     if len(kinds) == 3:  # stage B runs the source model over a second batch: more world-model FLOPs
         assert r["kinds"]["align"]["flops_world_model"] > r["kinds"]["source"]["flops_world_model"]
         assert r["kinds"]["target"]["flops_world_model"] > r["kinds"]["source"]["flops_world_model"]
