@@ -18,6 +18,9 @@ JSON line with:
 
     python3 scripts/coworld_probe.py runs/sweep-long/runs/coworld__*
 
+With several runs (the seeds of one method) it ends with a summary line: every number's mean over
+the runs with a 95% bootstrap interval over them.
+
 A source critic that ranks target states no better than chance cannot tell the target critic where
 it overestimates; its cap then only lowers every value.
 """
@@ -38,6 +41,7 @@ from coworld import envs
 from coworld.algos.dreamer import DreamerAgent
 from coworld.data.episodes import list_episode_files, load_episode
 from coworld.errors import UserError
+from coworld.eval.stats import bootstrap_mean_ci
 from coworld.run.api import load_run
 from coworld.run.plots import read_metrics
 
@@ -100,7 +104,7 @@ def probe(run_dir: Path, last: int = 10) -> dict:
     v_t, v_s, togo = np.concatenate(v_t), np.concatenate(v_s), np.concatenate(togo)
     return {
         "run": run_dir.name,
-        "target_updates": target.updates,
+        "target_full_updates": target.updates,  # world model + behaviour (the world-model-only warm-up not counted)
         "source_env": source_env,
         "source_return_last": float(np.mean(src_returns[-last:])) if src_returns else None,
         "source_expert": envs.spec(source_env).expert_score,
@@ -116,18 +120,36 @@ def probe(run_dir: Path, last: int = 10) -> dict:
     }
 
 
+def summary(rows: list[dict]) -> dict:
+    """Mean over runs [95% bootstrap interval over runs] of every number of the rows (a pair
+    such as ``align_loss_first_last`` gives a ``_first`` and a ``_last`` entry)."""
+    columns: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, list) and key.endswith("_first_last"):
+                columns.setdefault(key[:-5], []).append(value[0])
+                columns.setdefault(key[:-11] + "_last", []).append(value[1])
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                columns.setdefault(key, []).append(float(value))
+    return {key: [float(np.mean(v)), *bootstrap_mean_ci(v)] for key, v in columns.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="CoWorld run directories")
     p.add_argument("--last", type=int, default=10, help="source training episodes averaged (default 10)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    rows = []
     for run in args.runs:
         try:
-            print(json.dumps(probe(Path(run), args.last)), flush=True)
+            rows.append(probe(Path(run), args.last))
         except UserError as exc:
             print(f"coworld_probe: {exc}", file=sys.stderr)
             return 2
+        print(json.dumps(rows[-1]), flush=True)
+    if len(rows) > 1:
+        print(json.dumps({"summary": summary(rows), "runs": len(rows)}))
     return 0
 
 

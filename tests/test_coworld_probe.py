@@ -31,6 +31,16 @@ def test_returns_after_each_state_hand_values():
     assert out.tolist() == [1.0 + 0.5 * 2.0, 2.0, 0.0]
 
 
+def test_summary_over_runs_hand_values():
+    rows = [{"run": "a", "states": 10, "x": 1.0, "align_loss_first_last": [4.0, 1.0], "none": None},
+            {"run": "b", "states": 10, "x": 3.0, "align_loss_first_last": [2.0, 0.0], "none": None}]
+    out = coworld_probe.summary(rows)
+    assert set(out) == {"states", "x", "align_loss_first", "align_loss_last"}
+    assert out["x"][0] == 2.0 and 1.0 <= out["x"][1] <= 2.0 <= out["x"][2] <= 3.0
+    assert out["align_loss_first"][0] == 3.0 and out["align_loss_last"][0] == 0.5
+    assert out["states"] == [10.0, 10.0, 10.0]
+
+
 @pytest.mark.slow
 def test_probe_reads_a_small_coworld_run(tmp_path, target_data, capsys):
     logdir = tmp_path / "cw"
