@@ -238,8 +238,6 @@ class CoWorldTrainer(BaseTrainer):
             self.sources = [SourceWorker(i, sid, cfg, session.dir, device, self.target_dim)
                             for i, sid in enumerate(source_ids)]
             self.schedule = build_schedule(cfg, session.total, len(self.sources), self.min_prefill())
-        # eta's linear decay runs over the source steps of the reward-alignment stage
-        self.align_steps = sum(p.length for p in self.schedule if p.kind == "source" and p.align)
         self.ewc = None
         if ewc:
             if cfg.train.amp == "fp16":
@@ -252,7 +250,14 @@ class CoWorldTrainer(BaseTrainer):
                 raise UserError(f"coworld.ewc_lambda must be >= 0 (a negative weight pushes the weights away from "
                                 f"the pretrained ones); got {cfg.coworld.ewc_lambda}")
             self.ewc = EWC()
-        self.eval_env = make_env(cfg, target_env) if target_env else None
+        self.finish_setup(target_env)
+
+    def finish_setup(self, target_env: str | None) -> None:
+        """What every trainer on this schedule sets once its agents, sources and schedule exist: eta's
+        decay length, the evaluation env, the progress total, the counters, the checkpointed parts."""
+        # eta's linear decay runs over the source steps of the reward-alignment stage
+        self.align_steps = sum(p.length for p in self.schedule if p.kind == "source" and p.align)
+        self.eval_env = make_env(self.cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
         self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0, "evals": 0,

@@ -68,7 +68,7 @@ class MultiTaskTrainer(CoWorldTrainer):
             raise UserError("Multi-Task DV2 has one image world model for both domains, so it cannot read a "
                             "state-input source (the paper reports that setting only for CoWorld); drop "
                             "coworld.source_options.obs=state")
-        # CoWorldTrainer's attributes that its inherited methods read (no EWC, no notes, no state source)
+        # the part of CoWorldTrainer's setup that differs: one joint agent, no EWC, notes or state source
         self.session, self.finetune, self.notes, self.ewc = session, False, [], None
         cfg = self.cfg = session.cfg
         self.rows = split_batch(cfg.train.batch)
@@ -78,15 +78,7 @@ class MultiTaskTrainer(CoWorldTrainer):
         self.target = self.policy = self.agent
         self.sources = [SourceSimulator(source_ids[0], cfg, session.dir, self.agent)]
         self.schedule = build_schedule(cfg, session.total, 1, self.min_prefill())
-        self.align_steps = sum(p.length for p in self.schedule if p.kind == "source" and p.align)
-        self.eval_env = make_env(cfg, target_env) if target_env else None
-        self.total_units = sum(p.length * p.cost for p in self.schedule)
-        self.session.total = self.total_units
-        self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0, "evals": 0,
-                         "pretrained": [False], "aligned": 0, "last_eval": 0,
-                         "phase_updates": [0] * len(self.schedule)}
-        self.components = self.checkpointed()
-        self.tag, self.step_metrics = "target/", None
+        self.finish_setup(target_env)
 
     def checkpointed(self) -> dict:
         return {"target_replay": self.target_replay, **self.sources[0].components(0), "multitask_agent": self.agent}
