@@ -757,7 +757,9 @@ def build_report(sweep_dir, out=None, *, focus: str = FOCUS, baseline: str = BAS
     md += ["", (f"Each seed's score is the mean return over the {ep_text} of its final evaluation "
            "(episodes are averaged within a seed first); a cell is the mean over seeds with the 95% percentile "
            f"interval of a bootstrap over seeds ({reps} resamples); the averages pool the tasks as strata "
-           "(mean of task means; IQM of the pooled (seed, task) scores) with stratified-bootstrap intervals. "
+           "(mean of task means; IQM of the pooled (seed, task) scores) with stratified-bootstrap intervals; "
+           "the scores are raw returns, not normalised per task, so a task with larger returns weighs more "
+           "in both averages. "
            "A value is in bold only where its interval lies entirely above every other method's in that column "
            f"and every method has at least {MIN_SEEDS} seeds per task."),
            ""]
