@@ -75,6 +75,7 @@ def first_last(series: list[float], n: int = 3) -> list[float] | None:
 
 @torch.no_grad()
 def probe(run_dir: Path, last: int = 10) -> dict:
+    torch.manual_seed(0)  # the posterior samples its latents: the same numbers on every call
     run_dir, run_args, cfg, state = load_run(run_dir)
     if run_args.get("algo") != "coworld" or "source0_agent" not in state:
         raise UserError(f"{run_dir} is not a CoWorld run (algo {run_args.get('algo')!r})")
