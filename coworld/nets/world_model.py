@@ -55,8 +55,8 @@ class _HalfSquaredSum(torch.autograd.Function):
     """0.5 * sum over the last ``k`` dims of (mean - target)^2, in float32; gradient (mean - target) * g
     for ``mean`` only (the target is data). The same value autograd gives for the plain formula,
     computed without its full-size temporaries: the image loss of a batch is 1.5 M elements at the
-    tiny preset (8 x 16 frames), and written as ``0.5 * (t - m) ** 2`` summed it cost a fifth of a
-    CPU update in elementwise passes."""
+    tiny preset (8 x 16 frames), and ``0.5 * (t - m) ** 2`` summed makes several full-size tensors
+    forward and backward; this keeps one (t - m) and makes one more for the gradient."""
 
     @staticmethod
     def forward(ctx, mean, target, k):
