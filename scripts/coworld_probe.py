@@ -1,7 +1,7 @@
 """What CoWorld's source agent gives the target, read from finished CoWorld runs.
 
-For each CoWorld run directory (its checkpoint holds the source and the target agent) it prints one
-JSON line with:
+For each CoWorld run directory (its checkpoint holds the source and the target agent; of a
+multi-source run it reads the first source) it prints one JSON line with:
 
 - source competence: the mean return of the source agent's last ``--last`` training episodes in the
   source simulator (from metrics.jsonl), with the source task's expert score where one is known;
