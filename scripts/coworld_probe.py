@@ -43,6 +43,7 @@ from coworld.data.episodes import list_episode_files, load_episode
 from coworld.errors import UserError
 from coworld.eval.stats import bootstrap_mean_ci
 from coworld.run.api import load_run
+from coworld.run.driver import discounted_to_go
 from coworld.run.plots import read_metrics
 
 
@@ -62,11 +63,9 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def returns_after(reward: np.ndarray, gamma: float) -> np.ndarray:
     """(T,) rewards of one episode -> (T,) discounted return obtained after each state:
-    sum_k gamma^(k-1) r[t+k], where reward[t] arrives with state t (the last state gets 0)."""
-    out = np.zeros(len(reward))
-    for t in range(len(reward) - 2, -1, -1):
-        out[t] = reward[t + 1] + gamma * out[t + 1]
-    return out
+    sum_k gamma^(k-1) r[t+k], where reward[t] arrives with state t (the last state gets 0).
+    The evaluation's :func:`discounted_to_go` over the rewards that follow each state."""
+    return np.append(discounted_to_go(reward[1:], gamma), 0.0)
 
 
 def first_last(series: list[float], n: int = 3) -> list[float] | None:
