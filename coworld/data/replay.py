@@ -119,6 +119,9 @@ class Replay:
             self._open_offline(cache_dir)
         elif self.directory is not None:
             files = list_episode_files(self.directory) if self.directory.exists() else []
+            if self.directory.exists():  # a write cut short by a kill (the run dir is locked: no live writer)
+                for tmp in self.directory.glob(".tmp-*"):
+                    tmp.unlink(missing_ok=True)
             self._next_seq = len(files)
             for path in files:
                 ep = self._read(path, None)
@@ -466,8 +469,6 @@ class Replay:
             path.unlink()
         if stale:
             update_sidecar(self.directory, removed=[p.name for p in stale])
-        for tmp in self.directory.glob(".tmp-*"):  # a write cut short by a kill: never part of the replay
-            tmp.unlink(missing_ok=True)
         self._names, self._ep_start, self._ep_len = [], [], []
         self._data, self._offset, self._size = {}, 0, 0
         self._action_dim = self._image_shape = None

@@ -150,6 +150,20 @@ def test_offline_state_roundtrip(dataset):
         assert torch.equal(expected[key], got[key])
 
 
+def test_reopening_an_online_replay_removes_a_partial_write(tmp_path, episode):
+    # Killed mid-write of the first episode after the checkpoint: the checkpoint's episode list equals
+    # the directory's, so nothing is restored, yet the half-written file must still go.
+    directory = tmp_path / "run"
+    replay = Replay(directory, readonly=False, seed=7)
+    replay.add_episode(episode(5, value=1))
+    state = roundtrip(replay.state_dict())
+    (directory / ".tmp-abc123.npz").write_bytes(b"half a file")
+    resumed = Replay(directory, readonly=False, seed=0)
+    resumed.load_state_dict(state)
+    assert resumed.names == state["episodes"]
+    assert sorted(p.name for p in directory.glob("*.npz")) == state["episodes"]
+
+
 def test_online_resume_is_bit_identical_and_deletes_later_files(tmp_path, episode):
     directory = tmp_path / "run"
     replay = Replay(directory, readonly=False, seed=7)
