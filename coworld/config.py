@@ -45,6 +45,10 @@ class ModelConfig:
     """DreamerV2 world model (docs/algorithms.md#world-model)."""
 
     depth: int = 32  # conv encoder/decoder base channels d (layers d, 2d, 4d, 8d)
+    # > 0: the conv encoder's activations are not kept for backward but recomputed there, in chunks of
+    # this many frames (one extra encoder forward per update; for large batches on small memory, see
+    # docs/results.md "Update speed"); 0: kept (the default, fastest)
+    encoder_remat: int = 0
     latent: str = "gaussian"  # "gaussian" (stoch dims) or "discrete" (stoch categoricals x classes)
     stoch: int = 50  # Gaussian latent size, or number of categoricals when discrete
     classes: int = 32  # classes per categorical (discrete latents only)
@@ -79,6 +83,10 @@ class BehaviourConfig:
     actor_layers: int = 4
     actor_units: int = 400
     actor_min_std: float = 0.1
+    # "normal": Gaussian around tanh(mean), samples unbounded and clipped to [-1, 1] where they are used
+    # (the CoWorld release); "trunc_normal": the same Gaussian truncated to [-1, 1] (DreamerV2's choice
+    # for continuous control), docs/algorithms.md#behaviour-learning
+    actor_dist: str = "normal"
     critic_layers: int = 3
     critic_units: int = 400
     slow_critic_every: int = 100  # hard copy critic -> slow critic every N updates
@@ -377,6 +385,7 @@ def load_config(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (
 _CHOICES = {
     ("model", "latent"): ("gaussian", "discrete"),
     ("behaviour", "actor_grad"): ("dynamics", "reinforce", "both"),
+    ("behaviour", "actor_dist"): ("normal", "trunc_normal"),
     ("train", "sampling"): ("uniform", "length"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "offline_penalty_kind"): ("meandis", "std"),
@@ -400,3 +409,5 @@ def validate(cfg: Config) -> None:
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{section}.{key} must be positive")
+    if cfg.model.encoder_remat < 0:
+        raise ConfigError(f"model.encoder_remat must be 0 (off) or a number of frames; got {cfg.model.encoder_remat}")

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from coworld.config import Config, ModelConfig
 
@@ -78,8 +79,9 @@ class _HalfSquaredSum(torch.autograd.Function):
 class Encoder(nn.Module):
     """4 convs, kernel 4, stride 2, channels d, 2d, 4d, 8d, ELU (docs/algorithms.md#world-model). 64x64 -> 8d x 2 x 2."""
 
-    def __init__(self, depth: int):
+    def __init__(self, depth: int, remat: int = 0):
         super().__init__()
+        self.remat = remat  # > 0: recompute the activations in backward, this many frames at a time
         chans = [3, depth, 2 * depth, 4 * depth, 8 * depth]
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
@@ -92,7 +94,11 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: preprocessed ``(…, 3, 64, 64)`` -> embed ``(…, E)``."""
         lead = x.shape[:-3]
-        y = self.net(x.reshape(-1, *x.shape[-3:]))
+        x = x.reshape(-1, *x.shape[-3:])
+        if self.remat and torch.is_grad_enabled():
+            y = torch.cat([checkpoint(self.net, c, use_reentrant=False) for c in x.split(self.remat)])
+        else:
+            y = self.net(x)
         return y.reshape(*lead, self.out_dim)
 
 
@@ -452,7 +458,7 @@ class WorldModel(nn.Module):
         m = cfg.model
         self.cfg = m
         self.obs_key = "state" if state_dim else "image"
-        self.encoder = StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim else Encoder(m.depth)
+        self.encoder = StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim else Encoder(m.depth, m.encoder_remat)
         self.rssm = RSSM(m, action_dim, self.encoder.out_dim, heads=max(1, m.ensemble))
         self.feat_dim = self.rssm.stoch_dim + m.deter
         self.decoder = StateDecoder(self.feat_dim, state_dim, m.units) if state_dim else Decoder(self.feat_dim, m.depth)

@@ -76,6 +76,26 @@ def test_encoder_gradients_equal_out_of_place_elu():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_encoder_remat_gives_the_same_values_and_gradients():
+    torch.manual_seed(0)
+    enc = Encoder(4)
+    again = Encoder(4, remat=3)  # 2 x 5 frames in chunks of 3, 3, 3, 1
+    again.load_state_dict(enc.state_dict())
+    x = (torch.rand(2, 5, 3, 64, 64) - 0.5).requires_grad_()
+    kept, recomputed = enc(x), again(x)
+    assert torch.allclose(kept, recomputed, atol=1e-6) and recomputed.shape == (2, 5, enc.out_dim)
+    g = torch.randn_like(kept)
+    for a, b in zip(torch.autograd.grad(kept, [x, *enc.parameters()], g),
+                    torch.autograd.grad(recomputed, [x, *again.parameters()], g)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    # where nothing needs a gradient, no recomputation is set up: one plain forward
+    calls = []
+    again.net.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    with torch.no_grad():
+        again(x)
+    assert calls == [10]
+
+
 def test_image_nll_hand_values_and_gradient():
     mean = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[0.5, 0.0], [0.0, -1.0]]], requires_grad=True)  # (2, 2, 2)
     target = torch.zeros(2, 2, 2)
