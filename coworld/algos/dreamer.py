@@ -229,7 +229,7 @@ class DreamerAgent(nn.Module):
         m, b = cfg.model, cfg.behaviour
         self.wm = WorldModel(cfg, self.action_dim)
         F = self.wm.feat_dim
-        self.actor = Actor(F, self.action_dim, b.actor_units, b.actor_layers, b.actor_min_std)
+        self.actor = Actor(F, self.action_dim, b.actor_units, b.actor_layers, b.actor_min_std, b.actor_dist)
         self.critic = Critic(F, b.critic_units, b.critic_layers)
         self.slow_critic = Critic(F, b.critic_units, b.critic_layers)
         self.slow_critic.load_state_dict(self.critic.state_dict())
@@ -410,7 +410,7 @@ class DreamerAgent(nn.Module):
             embed = self.wm.encode(image)
             latent = self.wm.rssm.obs_step(latent, prev_action, embed, is_first)
             dist = self.actor(self.wm.feat(latent))
-            action = dist.sample() if explore else dist.mean
+            action = dist.sample() if explore else dist.mode  # the mode: tanh(x_mu) for either actor_dist
         action = action.float().clamp(-1, 1)
         latent = {k: v.float() for k, v in latent.items()}
         return action.cpu().numpy().astype(np.float32), (latent, action)

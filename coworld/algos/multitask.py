@@ -78,7 +78,7 @@ class DomainBehaviour(DreamerAgent):
         self.domain, self.joint_dim = domain, joint_dim
         self.wm = wm
         feat = wm.feat_dim
-        self.actor = Actor(feat, self.action_dim, b.actor_units, b.actor_layers, b.actor_min_std).to(device)
+        self.actor = Actor(feat, self.action_dim, b.actor_units, b.actor_layers, b.actor_min_std, b.actor_dist).to(device)
         self.critic = Critic(feat, b.critic_units, b.critic_layers).to(device)
         self.slow_critic = Critic(feat, b.critic_units, b.critic_layers).to(device)
         self.slow_critic.load_state_dict(self.critic.state_dict())

@@ -174,6 +174,24 @@ def test_act_clips_and_resets():
     assert torch.allclose(s1[0]["deter"], s0[0]["deter"])
 
 
+def test_trunc_normal_actor_learns_and_acts_inside_the_box():
+    agent = make_agent("behaviour.actor_dist=trunc_normal")
+    post, _ = agent.world_model_step(make_batch())
+    before = params(agent.actor)
+    metrics = agent.behaviour_step(post)
+    assert changed(before, agent.actor) and torch.isfinite(metrics["actor/entropy"])
+    last = agent.actor.net[-1]
+    torch.nn.init.zeros_(last.weight)
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor([5.0, -0.3, 20.0, 20.0]))  # mean (tanh 5, tanh -0.3), std ~ 2.1
+    obs = {"image": np.zeros((256, 64, 64, 3), np.uint8)}
+    state = agent.initial_policy_state(256)
+    action, _ = agent.act(obs, state, np.ones(256, bool), explore=True)
+    assert np.abs(action).max() <= 1 and not (np.abs(action) == 1).any()  # drawn inside, not clipped
+    mode, _ = agent.act(obs, state, np.ones(256, bool), explore=False)
+    assert np.allclose(mode, np.tanh([5.0, -0.3]), atol=1e-6)
+
+
 @pytest.mark.parametrize("latent", ["gaussian", "discrete"])
 @pytest.mark.parametrize("action_dim", [1, 5])
 def test_update_runs_for_both_latents_and_action_dims(latent, action_dim):
