@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ class TruncatedNormal(Distribution):
     mean), Z >= Phi(0) - Phi(-(high - low) / scale) stays away from 0.
     """
 
-    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    arg_constraints: ClassVar[dict] = {"loc": constraints.real, "scale": constraints.positive}
     has_rsample = True
     _tiny = 1e-6  # keeps the inverse CDF's argument inside (0, 1) in float32
 
@@ -42,11 +43,11 @@ class TruncatedNormal(Distribution):
 
     @property
     def mean(self) -> Tensor:
-        pdf = lambda z: torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)  # noqa: E731
-        return self.loc + self.scale * (pdf(self._a) - pdf(self._b)) / self._z
+        pdf_a, pdf_b = torch.exp(-0.5 * self._a**2), torch.exp(-0.5 * self._b**2)  # times 1 / sqrt(2 pi) below
+        return self.loc + self.scale * (pdf_a - pdf_b) / (math.sqrt(2 * math.pi) * self._z)
 
-    def rsample(self, sample_shape=torch.Size()) -> Tensor:
-        shape = self._extended_shape(sample_shape)
+    def rsample(self, sample_shape=()) -> Tensor:
+        shape = self._extended_shape(torch.Size(sample_shape))
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
         p = (self._cdf_a + u * self._z).clamp(self._tiny, 1 - self._tiny)
         x = self.loc + self.scale * torch.special.ndtri(p)
