@@ -45,10 +45,10 @@ class ModelConfig:
     """DreamerV2 world model (docs/algorithms.md#world-model)."""
 
     depth: int = 32  # conv encoder/decoder base channels d (layers d, 2d, 4d, 8d)
-    # > 0: the conv encoder's activations are not kept for backward but recomputed there, in chunks of
-    # this many frames (one extra encoder forward per update; for large batches on small memory, see
-    # docs/results.md "Update speed"); 0: kept (the default, fastest)
-    encoder_remat: int = 0
+    # > 0: the conv encoder's and decoder's activations (and the image loss's) are not kept for backward
+    # but recomputed there, in chunks of this many frames: one more encoder and decoder forward per
+    # update for less memory at large batches (docs/results.md "Update speed"); 0: kept (the default)
+    conv_remat: int = 0
     latent: str = "gaussian"  # "gaussian" (stoch dims) or "discrete" (stoch categoricals x classes)
     stoch: int = 50  # Gaussian latent size, or number of categoricals when discrete
     classes: int = 32  # classes per categorical (discrete latents only)
@@ -409,5 +409,5 @@ def validate(cfg: Config) -> None:
     for section, key in positive:
         if getattr(getattr(cfg, section), key) <= 0:
             raise ConfigError(f"{section}.{key} must be positive")
-    if cfg.model.encoder_remat < 0:
-        raise ConfigError(f"model.encoder_remat must be 0 (off) or a number of frames; got {cfg.model.encoder_remat}")
+    if cfg.model.conv_remat < 0:
+        raise ConfigError(f"model.conv_remat must be 0 (off) or a number of frames; got {cfg.model.conv_remat}")

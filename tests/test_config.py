@@ -105,7 +105,7 @@ def test_overrides_parse_toml_literals_and_bare_words():
     ("model.latent=cube", "must be one of"),
     ("model", "section.key=value"),
     ("train.batch=0", "positive"),
-    ("model.encoder_remat=-1", "number of frames"),
+    ("model.conv_remat=-1", "number of frames"),
     ("behaviour.actor_dist=beta", "trunc_normal"),
 ])
 def test_bad_overrides_fail_clearly(override, message):

@@ -6,7 +6,7 @@ from torch.distributions import Normal, kl_divergence
 
 from coworld.config import load_config
 from coworld.nets import RSSM, Decoder, Encoder, GRUCell, WorldModel, preprocess
-from coworld.nets.world_model import gaussian_nll, gaussian_std, kl_balance, straight_through_onehot
+from coworld.nets.world_model import gaussian_nll, gaussian_std, kl_balance, mlp, straight_through_onehot
 
 SMALL = [
     "model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4", "model.classes=3",
@@ -76,6 +76,22 @@ def test_encoder_gradients_equal_out_of_place_elu():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_mlp_in_place_elu_gives_the_plain_values_and_gradients():
+    torch.manual_seed(0)
+    net = mlp(6, 2, 16, 3)
+    x = torch.randn(9, 6, requires_grad=True)
+    ours = net(x)
+    y = x
+    for layer in net:
+        y = torch.nn.functional.elu(y) if isinstance(layer, torch.nn.ELU) else layer(y)
+    assert all(m.inplace for m in net if isinstance(m, torch.nn.ELU))
+    assert torch.allclose(ours, y, atol=1e-6)
+    g = torch.randn_like(ours)
+    for a, b in zip(torch.autograd.grad(ours, [x, *net.parameters()], g),
+                    torch.autograd.grad(y, [x, *net.parameters()], g)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_encoder_remat_gives_the_same_values_and_gradients():
     torch.manual_seed(0)
     enc = Encoder(4)
@@ -94,6 +110,31 @@ def test_encoder_remat_gives_the_same_values_and_gradients():
     with torch.no_grad():
         again(x)
     assert calls == [10]
+
+
+def test_conv_remat_world_model_loss_and_gradients_unchanged():
+    torch.manual_seed(0)
+    wm = WorldModel(small_cfg(), 3)
+    again = WorldModel(small_cfg("model.conv_remat=3"), 3)  # 2 x 4 frames in chunks of 3, 3, 2
+    again.load_state_dict(wm.state_dict())
+    batch = {
+        "image": torch.randint(0, 256, (2, 4, 64, 64, 3), dtype=torch.uint8),
+        "action": torch.rand(2, 4, 3) * 2 - 1, "reward": torch.randn(2, 4),
+        "discount": torch.ones(2, 4), "is_first": torch.zeros(2, 4, dtype=torch.bool),
+    }
+    torch.manual_seed(1)
+    loss, _, metrics = wm.loss(batch)
+    torch.manual_seed(1)
+    loss_r, _, metrics_r = again.loss(batch)
+    assert loss_r.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert metrics_r["model/image_loss"].item() == pytest.approx(metrics["model/image_loss"].item(), rel=1e-6)
+    for a, b in zip(torch.autograd.grad(loss, list(wm.parameters())),
+                    torch.autograd.grad(loss_r, list(again.parameters()))):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    calls = []
+    again.decoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    again.loss(batch)[0].backward()
+    assert calls[:3] == [3, 3, 2] and sorted(calls[3:]) == [2, 3, 3]  # forward, then again in backward
 
 
 def test_image_nll_hand_values_and_gradient():
