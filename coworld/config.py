@@ -45,9 +45,10 @@ class ModelConfig:
     """DreamerV2 world model (docs/algorithms.md#world-model)."""
 
     depth: int = 32  # conv encoder/decoder base channels d (layers d, 2d, 4d, 8d)
-    # > 0: the conv encoder's and decoder's activations (and the image loss's) are not kept for backward
-    # but recomputed there, in chunks of this many frames: one more encoder and decoder forward per
-    # update for less memory at large batches (docs/results.md "Update speed"); 0: kept (the default)
+    # > 0: in a batch of more frames than this, the conv encoder's and decoder's activations (and the
+    # image loss's) are not kept for backward but recomputed there, in chunks of this many frames: one
+    # more encoder and decoder forward per update for much less memory (docs/results.md "Update speed":
+    # 1024 at 150 x 50 frames); smaller batches are unaffected; 0: always kept (the default)
     conv_remat: int = 0
     latent: str = "gaussian"  # "gaussian" (stoch dims) or "discrete" (stoch categoricals x classes)
     stoch: int = 50  # Gaussian latent size, or number of categoricals when discrete

@@ -85,7 +85,7 @@ class Encoder(nn.Module):
 
     def __init__(self, depth: int, remat: int = 0):
         super().__init__()
-        self.remat = remat  # > 0: recompute the activations in backward, this many frames at a time
+        self.remat = remat  # > 0: above this many frames, recompute the activations in backward in chunks
         chans = [3, depth, 2 * depth, 4 * depth, 8 * depth]
         layers: list[nn.Module] = []
         for cin, cout in zip(chans[:-1], chans[1:]):
@@ -99,7 +99,7 @@ class Encoder(nn.Module):
         """x: preprocessed ``(…, 3, 64, 64)`` -> embed ``(…, E)``."""
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
-        if self.remat and torch.is_grad_enabled():
+        if self.remat and torch.is_grad_enabled() and x.shape[0] > self.remat:
             y = torch.cat([checkpoint(self.net, c, use_reentrant=False) for c in x.split(self.remat)])
         else:
             y = self.net(x)
@@ -502,11 +502,11 @@ class WorldModel(nn.Module):
         return torch.sigmoid(self.discount_head(feat).squeeze(-1).float())
 
     def reconstruction_nll(self, feat: Tensor, obs: Tensor) -> Tensor:
-        """-log p(obs | feat) per frame (B, L). With ``model.conv_remat`` (images only) the decoder and
-        the loss run in chunks of frames whose activations are recomputed in backward."""
+        """-log p(obs | feat) per frame (B, L). With ``model.conv_remat`` (images only) and more frames than
+        it, the decoder and the loss run in chunks of frames whose activations are recomputed in backward."""
         chunk = self.cfg.conv_remat if self.obs_key == "image" else 0
         event_dims = obs.dim() - 2
-        if not (chunk and torch.is_grad_enabled()):
+        if not (chunk and torch.is_grad_enabled() and obs.shape[0] * obs.shape[1] > chunk):
             return gaussian_nll(self.decoder(feat), obs, event_dims=event_dims)
 
         def nll(f, o):

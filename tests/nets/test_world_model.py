@@ -110,6 +110,9 @@ def test_encoder_remat_gives_the_same_values_and_gradients():
     with torch.no_grad():
         again(x)
     assert calls == [10]
+    calls.clear()
+    again.remat = 10  # no more frames than a chunk: the plain path, with gradient too
+    assert torch.allclose(again(x), kept, atol=1e-6) and calls == [10]
 
 
 def test_conv_remat_world_model_loss_and_gradients_unchanged():
