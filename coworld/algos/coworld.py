@@ -73,11 +73,6 @@ def state_alignment_loss(
     return beta2 * factor * per_frame.mean()
 
 
-# frames per forward pass of the frozen source encoder in stage A (memory: one chunk's activations
-# instead of the whole batch's; 150 x 50 frames at coworld-official sizes: ~2 GiB less at the peak)
-FROZEN_CHUNK = 1024
-
-
 def state_alignment_hook(source_agent, cfg: Config, source_obs: torch.Tensor | None = None):
     """Build ``extra_loss(out)`` for the TARGET agent's ``world_model_step`` (stage A).
 
@@ -96,10 +91,8 @@ def state_alignment_hook(source_agent, cfg: Config, source_obs: torch.Tensor | N
 
     def extra_loss(out):
         with torch.no_grad():
-            if source_obs is None:  # in chunks of frames: nothing is kept, so the peak is one chunk's
-                frames = out["image"].flatten(0, 1)
-                source_embed = torch.cat([source_agent.wm.encoder(c) for c in frames.split(FROZEN_CHUNK)])
-                source_embed = source_embed.view(*out["image"].shape[:2], -1)
+            if source_obs is None:  # without gradient the encoder runs in chunks of frames (NO_GRAD_CHUNK)
+                source_embed = source_agent.wm.encoder(out["image"])
             else:
                 source_embed = source_agent.wm.encode(source_obs.to(out["embed"].device))
         loss = state_alignment_loss(out["embed"], source_embed, cfg.coworld.beta2, cfg.coworld.align_scale)

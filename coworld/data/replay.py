@@ -118,10 +118,11 @@ class Replay:
                 raise UserError("Replay(readonly=True) needs a dataset directory")
             self._open_offline(cache_dir)
         elif self.directory is not None:
-            files = list_episode_files(self.directory) if self.directory.exists() else []
-            if self.directory.exists():  # a write cut short by a kill (the run dir is locked: no live writer)
-                for tmp in self.directory.glob(".tmp-*"):
+            files = []
+            if self.directory.exists():
+                for tmp in self.directory.glob(".tmp-*"):  # a write cut short by a kill (the run dir is locked)
                     tmp.unlink(missing_ok=True)
+                files = list_episode_files(self.directory)
             self._next_seq = len(files)
             for path in files:
                 ep = self._read(path, None)

@@ -41,10 +41,12 @@ class TruncatedNormal(Distribution):
     def mode(self) -> Tensor:
         return self.loc.clamp(self.low, self.high)
 
+    def _pdf(self, z: Tensor) -> Tensor:
+        return torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+
     @property
     def mean(self) -> Tensor:
-        pdf_a, pdf_b = torch.exp(-0.5 * self._a**2), torch.exp(-0.5 * self._b**2)  # times 1 / sqrt(2 pi) below
-        return self.loc + self.scale * (pdf_a - pdf_b) / (math.sqrt(2 * math.pi) * self._z)
+        return self.loc + self.scale * (self._pdf(self._a) - self._pdf(self._b)) / self._z
 
     def rsample(self, sample_shape=()) -> Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
@@ -59,9 +61,8 @@ class TruncatedNormal(Distribution):
 
     def entropy(self) -> Tensor:
         a, b = self._a, self._b
-        pdf_a, pdf_b = torch.exp(-0.5 * a**2), torch.exp(-0.5 * b**2)  # times 1 / sqrt(2 pi) below
         return (0.5 * math.log(2 * math.pi * math.e) + torch.log(self.scale * self._z)
-                + (a * pdf_a - b * pdf_b) / (2 * math.sqrt(2 * math.pi) * self._z))
+                + (a * self._pdf(a) - b * self._pdf(b)) / (2 * self._z))
 
 
 class Actor(nn.Module):

@@ -79,6 +79,19 @@ class _HalfSquaredSum(torch.autograd.Function):
 
 # ----------------------------------------------------------------------------- encoder / decoder
 
+# frames per pass of the encoder where no gradient is kept (stage A's frozen source encoder, posteriors
+# for evaluation): its activations are freed chunk by chunk, so the peak holds one chunk's (150 x 50
+# frames at coworld-official sizes: ~2 GiB less)
+NO_GRAD_CHUNK = 1024
+
+
+def recompute_in_chunks(fn, chunk: int, *xs: Tensor) -> Tensor:
+    """``fn(*xs)`` over the leading dim in chunks of ``chunk``, concatenated; each chunk's activations
+    are not kept but recomputed in backward (``model.conv_remat``)."""
+    parts = zip(*(x.split(chunk) for x in xs))
+    return torch.cat([checkpoint(fn, *part, use_reentrant=False) for part in parts])
+
+
 
 class Encoder(nn.Module):
     """4 convs, kernel 4, stride 2, channels d, 2d, 4d, 8d, ELU (docs/algorithms.md#world-model). 64x64 -> 8d x 2 x 2."""
@@ -99,8 +112,10 @@ class Encoder(nn.Module):
         """x: preprocessed ``(…, 3, 64, 64)`` -> embed ``(…, E)``."""
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
-        if self.remat and torch.is_grad_enabled() and x.shape[0] > self.remat:
-            y = torch.cat([checkpoint(self.net, c, use_reentrant=False) for c in x.split(self.remat)])
+        if not torch.is_grad_enabled() and x.shape[0] > NO_GRAD_CHUNK:
+            y = torch.cat([self.net(c) for c in x.split(NO_GRAD_CHUNK)])
+        elif self.remat and torch.is_grad_enabled() and x.shape[0] > self.remat:
+            y = recompute_in_chunks(self.net, self.remat, x)
         else:
             y = self.net(x)
         return y.reshape(*lead, self.out_dim)
@@ -512,9 +527,7 @@ class WorldModel(nn.Module):
         def nll(f, o):
             return gaussian_nll(self.decoder(f), o, event_dims=event_dims)
 
-        parts = [checkpoint(nll, f, o, use_reentrant=False)
-                 for f, o in zip(feat.flatten(0, 1).split(chunk), obs.flatten(0, 1).split(chunk))]
-        return torch.cat(parts).view(obs.shape[:2])
+        return recompute_in_chunks(nll, chunk, feat.flatten(0, 1), obs.flatten(0, 1)).view(obs.shape[:2])
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict, dict]:
         """L_img + c_r L_rew (+ c_d L_disc) + kl_scale L_KL (docs/algorithms.md#world-model). Returns (loss, out, metrics).

@@ -121,23 +121,6 @@ def test_state_alignment_gradient_reaches_only_target_encoder():
     assert target.wm.encoder[1].weight.grad.abs().sum() > 0
 
 
-def test_state_alignment_source_embeds_in_chunks_with_the_same_loss(monkeypatch):
-    import coworld.algos.coworld as cw
-
-    cfg = Config()
-    source, target = FakeAgent(), FakeAgent()
-    obs = images(b=3, l=5)
-    out = {"image": preprocess(obs), "embed": target.wm.encode(obs)}
-    whole = state_alignment_loss(out["embed"], source.wm.encoder(out["image"]), cfg.coworld.beta2,
-                                 cfg.coworld.align_scale)
-    monkeypatch.setattr(cw, "FROZEN_CHUNK", 4)  # 15 frames: chunks of 4, 4, 4, 3
-    calls = []
-    source.wm.encoder.register_forward_hook(lambda mod, inp, res: calls.append(inp[0].shape[0]))
-    loss, _ = state_alignment_hook(source, cfg)(out)
-    assert calls == [4, 4, 4, 3]
-    assert loss.item() == pytest.approx(whole.item(), rel=1e-6)
-
-
 def test_state_alignment_hook_off():
     cfg = Config()
     cfg.coworld.state_align = False

@@ -76,6 +76,26 @@ def test_encoder_gradients_equal_out_of_place_elu():
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_encoder_without_gradient_runs_in_chunks_with_the_same_values(monkeypatch):
+    import coworld.nets.world_model as wm_module
+
+    torch.manual_seed(0)
+    enc = Encoder(4)
+    x = torch.rand(3, 5, 3, 64, 64) - 0.5
+    with torch.no_grad():
+        whole = enc(x)
+    monkeypatch.setattr(wm_module, "NO_GRAD_CHUNK", 4)  # 15 frames: chunks of 4, 4, 4, 3
+    calls = []
+    enc.net.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    with torch.no_grad():
+        chunked = enc(x)
+    assert calls == [4, 4, 4, 3]
+    assert chunked.shape == (3, 5, enc.out_dim) and torch.allclose(chunked, whole, atol=1e-6)
+    calls.clear()
+    enc(x)  # with gradient: one pass, activations kept
+    assert calls == [15]
+
+
 def test_mlp_in_place_elu_gives_the_plain_values_and_gradients():
     torch.manual_seed(0)
     net = mlp(6, 2, 16, 3)
