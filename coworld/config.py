@@ -96,6 +96,11 @@ class BehaviourConfig:
     eps: float = 1e-5  # Adam epsilon for all three optimizers
     grad_clip: float = 100.0  # grad-norm clip for all three optimizers
     weight_decay: float = 0.0  # actor and critic: weights *= (1 - wd) before every Adam step (V-D4RL)
+    # > 0: when an update imagines from more start states than this (B x L), it imagines and back-propagates
+    # them in chunks of this many, accumulating the gradients before one optimizer step: the same expected
+    # update (the actor's noise is drawn chunk by chunk), much smaller tensors (docs/results.md "Update speed":
+    # 1024 at 150 x 50); 0: all at once (the default)
+    imag_chunk: int = 0
 
 
 @dataclass
@@ -124,6 +129,12 @@ class TrainConfig:
     amp: str = "none"  # mixed precision: "none" | "bf16" | "fp16"
     compile: bool = False  # torch.compile each step's forward+loss (+ its compiled backward); eager = the reference (docs/results.md#update-speed)
     threads: int = 0  # torch CPU threads; 0 = the cores free when the run starts (cores minus load average), kept on resume
+    # "heap": on Linux with glibc, tensors of any size come from the C heap and freed memory stays there for
+    # the next update, instead of large tensors being mapped afresh and page-faulted in at every update
+    # (docs/results.md "Update speed": 1.25x per 16 x 50 update on a CPU, ~17% more resident memory);
+    # "system": the C library's defaults. Process-wide, applied when a run or `coworld bench` starts;
+    # results are unchanged and GPU memory is not concerned
+    malloc: str = "heap"
     wandb: bool = False  # also send the scalars to Weights & Biases (pip install 'coworld[wandb]'); off by default
     wandb_project: str = "coworld"  # W&B project of the run
     wandb_group: str = ""  # W&B group ("" = none); `coworld sweep --wandb` sets the experiment's name
@@ -389,6 +400,7 @@ _CHOICES = {
     ("behaviour", "actor_dist"): ("normal", "trunc_normal"),
     ("train", "sampling"): ("uniform", "length"),
     ("train", "amp"): ("none", "bf16", "fp16"),
+    ("train", "malloc"): ("heap", "system"),
     ("train", "offline_penalty_kind"): ("meandis", "std"),
     ("coworld", "eta_schedule"): ("linear", "frozen"),
     ("coworld", "align_scale"): ("released", "per_frame"),
@@ -412,3 +424,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{section}.{key} must be positive")
     if cfg.model.conv_remat < 0:
         raise ConfigError(f"model.conv_remat must be 0 (off) or a number of frames; got {cfg.model.conv_remat}")
+    if cfg.behaviour.imag_chunk < 0:
+        raise ConfigError(f"behaviour.imag_chunk must be 0 (off) or a number of start states; "
+                          f"got {cfg.behaviour.imag_chunk}")

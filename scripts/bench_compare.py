@@ -43,6 +43,11 @@ def driver(args) -> None:
     sets = [f"train.batch={args.batch}", f"train.length={args.length}", f"train.amp={args.amp}",
             f"train.compile={str(args.compile).lower()}", *args.set]
     cfg = load_config(args.preset, sets)
+    try:  # train.malloc, as a run applies it (revisions before it have neither)
+        from coworld.run.session import keep_freed_memory
+        keep_freed_memory(cfg.train.malloc)
+    except ImportError:
+        pass
     torch.manual_seed(0)
     A = 6
     src, tgt = DreamerAgent(cfg, A), DreamerAgent(cfg, A)

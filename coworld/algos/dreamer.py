@@ -327,12 +327,32 @@ class DreamerAgent(nn.Module):
         Both losses are computed first and back-propagated together: their graphs share no
         parameter (the critic reads detached features), and the critic's forward pass does not
         read the actor, so this equals an actor step followed by a critic step.
+
+        With ``behaviour.imag_chunk = C`` and more than C start states, the starts are taken C at a
+        time and each chunk's losses, weighted by its share of the starts, are back-propagated before
+        the next chunk is imagined: every loss is a mean over start states (the hooks' too), so the
+        accumulated gradient is that of the whole batch (for the same noise draws), and the metrics
+        are the same weighted means.
         """
-        with frozen(self.wm):
-            actor_loss, critic_loss, metrics = self._behaviour_losses(post, critic_extra)
+        n = post["deter"].shape[0] * post["deter"].shape[1]
+        chunk = self.cfg.behaviour.imag_chunk
         self.actor_opt.zero_grad()
         self.critic_opt.zero_grad()
-        torch.autograd.backward([self.actor_opt.scaled(actor_loss), self.critic_opt.scaled(critic_loss)])
+        if not chunk or n <= chunk:
+            parts = [(post, 1.0)]
+        else:
+            flat = {k: v.reshape(1, n, *v.shape[2:]) for k, v in post.items()}  # (1, B * L, ...)
+            parts = [({k: v[:, i:i + chunk] for k, v in flat.items()}, min(chunk, n - i) / n)
+                     for i in range(0, n, chunk)]
+        metrics: dict = {}
+        for part, share in parts:
+            with frozen(self.wm):
+                actor_loss, critic_loss, part_metrics = self._behaviour_losses(part, critic_extra)
+            if share != 1.0:
+                actor_loss, critic_loss = actor_loss * share, critic_loss * share
+            torch.autograd.backward([self.actor_opt.scaled(actor_loss), self.critic_opt.scaled(critic_loss)])
+            for k, v in part_metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + share * v
         metrics["actor/grad_norm"] = self.actor_opt.apply()
         metrics["critic/grad_norm"] = self.critic_opt.apply()
         return metrics

@@ -68,8 +68,13 @@ class OfflineDV2Agent(DreamerAgent):
     def imagined_reward(self, imag: dict) -> Tensor:
         reward = self.wm.reward(imag["feat"])
         u = self.uncertainty(imag["state"]["deter"])
-        self._penalty = u.mean().detach()  # logged as imag/uncertainty by update()
+        self._penalty = u.mean().detach()  # logged as imag/uncertainty by behaviour_losses()
         return reward - self.cfg.train.offline_penalty * u
+
+    def behaviour_losses(self, post: dict, critic_extra=None) -> tuple[Tensor, Tensor, dict]:
+        actor_loss, critic_loss, metrics = super().behaviour_losses(post, critic_extra)
+        metrics["imag/uncertainty"] = self._penalty
+        return actor_loss, critic_loss, metrics
 
     def update(self, batch: dict[str, Tensor]) -> dict:
         """One update of V-D4RL's protocol: world model alone for the first
@@ -83,6 +88,4 @@ class OfflineDV2Agent(DreamerAgent):
             else:
                 metrics = self.behaviour_step(self.posterior(batch))
             self.finish_update()
-        if "imag/reward" in metrics:
-            metrics["imag/uncertainty"] = self._penalty
         return metrics

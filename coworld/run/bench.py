@@ -41,7 +41,7 @@ from coworld.algos.coworld import ActionAdapter, reward_alignment_hook, state_al
 from coworld.algos.dreamer import DreamerAgent, resolve_device
 from coworld.algos.offline_dv2 import OfflineDV2Agent
 from coworld.config import Config
-from coworld.run.session import free_cores
+from coworld.run.session import free_cores, keep_freed_memory
 
 DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 KINDS = ("source", "target", "align")
@@ -113,6 +113,7 @@ def bench(
     kinds = tuple(kinds) if kinds else kinds_from_env()
     # train.threads = 0: the free cores, as a training run resolves it (printed with the figures)
     torch.set_num_threads(cfg.train.threads or free_cores()[0])
+    keep_freed_memory(cfg.train.malloc)
     dev = resolve_device(device)
     agent_cls = OfflineDV2Agent if cfg.model.ensemble >= 2 else DreamerAgent
     agent = agent_cls(cfg, action_dim, device=dev)

@@ -26,11 +26,13 @@ clean up; a second process is refused at once with the holder's pid and host.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import json
 import math
 import os
+import platform
 import signal
 import socket
 import sys
@@ -114,6 +116,21 @@ def free_cores() -> tuple[int, int, float]:
     except (AttributeError, OSError):
         load = 0.0
     return max(1, min(cores, round(cores - load))), cores, load
+
+
+def keep_freed_memory(mode: str) -> bool:
+    """``train.malloc``: with "heap", on Linux with glibc, serve every allocation from the C heap
+    (no separate mapping for large blocks) and return freed memory to the system only above 2 GiB
+    of free heap top. An update then reuses the previous update's memory instead of mapping fresh
+    pages and taking a page fault for every 4 KiB of each large tensor. Returns whether it applied."""
+    if mode != "heap" or sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters (malloc.h)
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def nonfinite_parameter(modules: dict, prefix: bool = True) -> str | None:
@@ -346,6 +363,7 @@ class Session:
         self._adopt = bool(self.changes) or (self.dir / HISTORY).exists()
         if self.cfg.train.threads:
             torch.set_num_threads(self.cfg.train.threads)
+        keep_freed_memory(self.cfg.train.malloc)
         self.device = resolve_device(self.cfg.train.device)
 
     def _apply_changes(self, config_file: Path) -> None:

@@ -234,3 +234,36 @@ def test_checkpoint_mismatch_is_user_error():
     state = make_agent(action_dim=2).checkpoint_state()
     with pytest.raises(UserError, match="configuration"):
         make_agent(action_dim=3).load_checkpoint_state(state)
+
+
+def test_imagination_in_chunks_accumulates_the_whole_batch_gradient(monkeypatch):
+    """behaviour.imag_chunk: chunks of 3, 3 and 2 of the 8 start states give the gradients and metrics
+    of one pass over all 8 (the actor's and the prior's noise made deterministic so both imagine the same)."""
+    monkeypatch.setattr(torch.distributions.Independent, "rsample", lambda self, sample_shape=(): self.mean)
+    monkeypatch.setattr(torch, "randn_like", lambda x: 0.3 * torch.ones_like(x))
+    grads, metrics, sizes = [], [], []
+    for chunk in (0, 3):
+        torch.manual_seed(0)
+        agent = make_agent(f"behaviour.imag_chunk={chunk}", "model.latent=gaussian")
+        post = agent.posterior(make_batch())  # (2, 4): 8 start states
+        seen = []
+
+        def hook(imag, seen=seen):
+            seen.append(imag["value"].shape[1])
+            return 0.5 * (imag["value"] ** 2).mean(), {"hook/value": imag["value"].mean().detach()}
+
+        metrics.append(agent.behaviour_step(post, critic_extra=hook))
+        grads.append([p.grad.clone() for m in (agent.actor, agent.critic) for p in m.parameters()])
+        sizes.append(seen)
+    assert sizes == [[8], [3, 3, 2]]
+    for whole, chunked in zip(*grads):
+        torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
+    for key in ("actor/loss", "critic/loss", "imag/return", "hook/value", "actor/grad_norm", "critic/grad_norm"):
+        torch.testing.assert_close(torch.as_tensor(metrics[1][key]), torch.as_tensor(metrics[0][key]),
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_imagination_chunk_must_not_be_negative():
+    from coworld.config import ConfigError
+    with pytest.raises(ConfigError, match="imag_chunk"):
+        load_config("tiny", ["behaviour.imag_chunk=-1"])
