@@ -48,7 +48,7 @@ class ModelConfig:
     # > 0: in a batch of more frames than this, the conv encoder's and decoder's activations (and the
     # image loss's) are not kept for backward but recomputed there, in chunks of this many frames: one
     # more encoder and decoder forward per update for much less memory (docs/results.md "Update speed":
-    # 1024 at 150 x 50 frames); smaller batches are unaffected; 0: always kept (the default)
+    # 256 at 150 x 50 frames on a CPU); smaller batches are unaffected; 0: always kept (the default)
     conv_remat: int = 0
     latent: str = "gaussian"  # "gaussian" (stoch dims) or "discrete" (stoch categoricals x classes)
     stoch: int = 50  # Gaussian latent size, or number of categoricals when discrete
@@ -99,7 +99,7 @@ class BehaviourConfig:
     # > 0: when an update imagines from more start states than this (B x L), it imagines and back-propagates
     # them in chunks of this many, accumulating the gradients before one optimizer step: the same expected
     # update (the actor's noise is drawn chunk by chunk), much smaller tensors (docs/results.md "Update speed":
-    # 1024 at 150 x 50); 0: all at once (the default)
+    # 1024 at 150 x 50 on a CPU); 0: all at once (the default)
     imag_chunk: int = 0
 
 
