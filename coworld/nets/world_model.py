@@ -92,7 +92,6 @@ def recompute_in_chunks(fn, chunk: int, *xs: Tensor) -> Tensor:
     return torch.cat([checkpoint(fn, *part, use_reentrant=False) for part in parts])
 
 
-
 class Encoder(nn.Module):
     """4 convs, kernel 4, stride 2, channels d, 2d, 4d, 8d, ELU (docs/algorithms.md#world-model). 64x64 -> 8d x 2 x 2."""
 
@@ -521,12 +520,12 @@ class WorldModel(nn.Module):
         it, the decoder and the loss run in chunks of frames whose activations are recomputed in backward."""
         chunk = self.cfg.conv_remat if self.obs_key == "image" else 0
         event_dims = obs.dim() - 2
-        if not (chunk and torch.is_grad_enabled() and obs.shape[0] * obs.shape[1] > chunk):
-            return gaussian_nll(self.decoder(feat), obs, event_dims=event_dims)
 
         def nll(f, o):
             return gaussian_nll(self.decoder(f), o, event_dims=event_dims)
 
+        if not (chunk and torch.is_grad_enabled() and obs.shape[0] * obs.shape[1] > chunk):
+            return nll(feat, obs)
         return recompute_in_chunks(nll, chunk, feat.flatten(0, 1), obs.flatten(0, 1)).view(obs.shape[:2])
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict, dict]:
