@@ -69,6 +69,10 @@ class ModelConfig:
     ensemble: int = 0  # Offline DV2: number of extra prior (transition) heads; 0 = plain DV2
     lr: float = 3e-4  # world model Adam learning rate
     weight_decay: float = 0.0  # world model: weights *= (1 - wd) before every Adam step (DreamerV2 / V-D4RL)
+    # initial weights of the world model's, actor's and critic's linear and conv layers
+    # (docs/algorithms.md#world-model): "torch" = PyTorch's defaults (the CoWorld release, a PyTorch
+    # port); "glorot" = Glorot-uniform weights and zero biases (DreamerV2's and V-D4RL's TensorFlow code)
+    init: str = "torch"
 
 
 @dataclass
@@ -398,6 +402,7 @@ _CHOICES = {
     ("model", "latent"): ("gaussian", "discrete"),
     ("behaviour", "actor_grad"): ("dynamics", "reinforce", "both"),
     ("behaviour", "actor_dist"): ("normal", "trunc_normal"),
+    ("model", "init"): ("torch", "glorot"),
     ("train", "sampling"): ("uniform", "length"),
     ("train", "amp"): ("none", "bf16", "fp16"),
     ("train", "malloc"): ("heap", "system"),

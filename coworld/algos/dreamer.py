@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from coworld.config import Config, cache_root
 from coworld.errors import UserError
 from coworld.nets import Actor, Critic, WorldModel
+from coworld.nets.world_model import glorot_init
 
 
 def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -> Tensor:
@@ -231,6 +232,9 @@ class DreamerAgent(nn.Module):
         F = self.wm.feat_dim
         self.actor = Actor(F, self.action_dim, b.actor_units, b.actor_layers, b.actor_min_std, b.actor_dist)
         self.critic = Critic(F, b.critic_units, b.critic_layers)
+        if m.init == "glorot":
+            glorot_init(self.actor)
+            glorot_init(self.critic)
         self.slow_critic = Critic(F, b.critic_units, b.critic_layers)
         self.slow_critic.load_state_dict(self.critic.state_dict())
         self.slow_critic.requires_grad_(False)

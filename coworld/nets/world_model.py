@@ -34,6 +34,17 @@ def mlp(inp: int, out: int, units: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+def glorot_init(module: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases for every linear and (transposed) conv layer in ``module``:
+    the TensorFlow/Keras default that DreamerV2 and V-D4RL train with (``model.init = "glorot"``).
+    For a transposed conv the bound sqrt(6 / (fan_in + fan_out)) is the same whichever side is "in"."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def preprocess(image: Tensor) -> Tensor:
     """uint8 ``(…, 64, 64, 3)`` -> float ``(…, 3, 64, 64)`` in [-0.5, 0.5] (o / 255 - 0.5), contiguous.
 
@@ -484,6 +495,8 @@ class WorldModel(nn.Module):
         self.discount_head = (
             mlp(self.feat_dim, 1, m.units, m.discount_layers) if m.discount_head else None
         )
+        if m.init == "glorot":
+            glorot_init(self)
 
     def encode(self, obs: Tensor) -> Tensor:
         """uint8 image (…, 64, 64, 3) -> embed (…, E); a state model: state (…, n) -> embed (…, E)."""

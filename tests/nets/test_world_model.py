@@ -299,3 +299,30 @@ def test_world_model_loss_and_feat_layout(latent):
     # image NLL is summed over the 3*64*64 pixels of a unit-variance Gaussian
     assert metrics["model/image_loss"].item() > 0.5 * math.log(2 * math.pi) * 3 * 64 * 64
     assert wm.reward_nll(out["feat"], batch["reward"]).shape == (2, 4)
+
+
+def test_glorot_init_bounds_variance_and_zero_biases():
+    from coworld.algos.dreamer import DreamerAgent
+
+    torch.manual_seed(0)
+    agent = DreamerAgent(load_config("tiny", ["model.init=glorot"]), action_dim=2)
+    layers = [m for net in (agent.wm, agent.actor, agent.critic) for m in net.modules()
+              if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(layers) > 15
+    for layer in layers:
+        w = layer.weight
+        k = w[0, 0].numel()  # receptive field (1 for a linear layer)
+        fan_sum = (w.shape[0] + w.shape[1]) * k
+        bound = math.sqrt(6.0 / fan_sum)
+        assert w.abs().max() <= bound
+        if w.numel() >= 4096:  # variance of U(-b, b) = b^2 / 3 = 2 / (fan_in + fan_out)
+            assert abs(w.var().item() * fan_sum / 2.0 - 1.0) < 0.1
+        if layer.bias is not None:
+            assert torch.count_nonzero(layer.bias) == 0
+    # the default keeps PyTorch's initialisation: e.g. the decoder's input layer has non-zero biases,
+    # and the conv encoder's first layer has the smaller U(+-1/sqrt(fan_in)) weights
+    torch.manual_seed(0)
+    plain = DreamerAgent(load_config("tiny"), action_dim=2)
+    assert torch.count_nonzero(plain.wm.decoder.fc.bias) > 0
+    w = plain.wm.encoder.net[0].weight
+    assert w.abs().max() <= 1 / math.sqrt(w[0].numel())
