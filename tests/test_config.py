@@ -23,11 +23,11 @@ DOCUMENTED = {
         "model.layer_norm": True, "model.depth": 48, "model.weight_decay": 1e-6, "model.free_nats": 1.0,
         "behaviour.weight_decay": 1e-6, "behaviour.horizon": 5, "behaviour.critic_lr": 8e-5,
         "behaviour.critic_layers": 4, "train.batch": 64, "train.length": 50, "train.offline_penalty": 10.0,
-        "train.offline_penalty_kind": "meandis", "train.offline_wm_updates": 25000,
+        "train.offline_penalty_kind": "meandis", "train.offline_wm_updates": 25000, "model.init": "glorot",
     },
     "tiny": {
         "model.depth": 8, "model.deter": 64, "model.stoch": 16, "train.batch": 8, "train.length": 16,
-        "model.latent": "gaussian", "model.free_nats": 0.1, "model.lr": 1e-3, "behaviour.actor_lr": 4e-4,
+        "model.latent": "gaussian", "model.free_nats": 0.1, "model.lr": 2e-3, "model.init": "glorot", "behaviour.actor_lr": 4e-4,
         "behaviour.critic_lr": 4e-4, "train.eval_episodes": 10,
     },
     "coworld-official": {  # released code, docs/algorithms.md#stage-a to #schedule

@@ -319,10 +319,10 @@ def test_glorot_init_bounds_variance_and_zero_biases():
             assert abs(w.var().item() * fan_sum / 2.0 - 1.0) < 0.1
         if layer.bias is not None:
             assert torch.count_nonzero(layer.bias) == 0
-    # the default keeps PyTorch's initialisation: e.g. the decoder's input layer has non-zero biases,
-    # and the conv encoder's first layer has the smaller U(+-1/sqrt(fan_in)) weights
+    # "torch" keeps PyTorch's initialisation: e.g. the decoder's input layer has non-zero biases, and
+    # the conv encoder's first layer has the smaller U(+-1/sqrt(fan_in)) weights
     torch.manual_seed(0)
-    plain = DreamerAgent(load_config("tiny"), action_dim=2)
+    plain = DreamerAgent(load_config("tiny", ["model.init=torch"]), action_dim=2)
     assert torch.count_nonzero(plain.wm.decoder.fc.bias) > 0
     w = plain.wm.encoder.net[0].weight
     assert w.abs().max() <= 1 / math.sqrt(w[0].numel())
