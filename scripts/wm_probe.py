@@ -10,7 +10,9 @@ episodes of ``--env`` (every built-in task has a low-dimensional ``state``):
 - how the decoder redraws the (red) agent, from the posterior and open loop (5 frames observed, the
   rest imagined from the recorded actions): the distance in pixels between the red centroids of
   reconstruction and frame, and the reconstruction's share of the frame's red mass (1 = drawn at full
-  strength, near 0 = faded into the background);
+  strength, near 0 = faded into the background); open loop also with every latent at its mean instead
+  of sampled ("openloop_mean"), and for reference the open-loop error of "no motion" (the agent of the
+  last observed frame, kept in place);
 - the reward head's correlation with the recorded rewards, and the agent's redrawing, on training windows.
 
 A quantity the latent does not hold is one the actor cannot be trained to act on. Used for the `tiny`
@@ -133,11 +135,22 @@ def redraw(agent, batch, post=None, prefix="agent", context=5) -> dict:
     red_r = redness(agent.wm.decoder(agent.wm.feat(post)).float())
     _, model = openloop_predict(agent, batch, context=context, rows=len(batch["image"]))
     red_o = redness(agent.wm.prepare(torch.from_numpy(model)))[:, context:]
+    rssm = agent.wm.rssm
+    rssm.sample = rssm.prediction  # open loop again without sampling noise: every latent at its mean
+    try:
+        _, model = openloop_predict(agent, batch, context=context, rows=len(batch["image"]))
+    finally:
+        del rssm.sample
+    red_m = redness(agent.wm.prepare(torch.from_numpy(model)))[:, context:]
     out = {}
-    for name, red, true in ((prefix, red_r, red_t), (prefix + "_openloop", red_o, red_t[:, context:])):
+    for name, red, true in ((prefix, red_r, red_t), (prefix + "_openloop", red_o, red_t[:, context:]),
+                            (prefix + "_openloop_mean", red_m, red_t[:, context:])):
         red, true = red.flatten(0, 1), true.flatten(0, 1)
         out[f"{name}_px_error"] = round(float((centroid(red) - centroid(true)).norm(dim=-1).mean()), 2)
         out[f"{name}_red_share"] = round(float(red.sum() / true.sum()), 2)
+    # the open-loop error of a model that imagines no motion: the last observed frame's agent, repeated
+    still = centroid(red_t[:, context - 1 : context]) - centroid(red_t[:, context:])
+    out[f"{prefix}_openloop_still_px_error"] = round(float(still.norm(dim=-1).mean()), 2)
     return out
 
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 spec = importlib.util.spec_from_file_location("wm_probe", Path(__file__).parents[1] / "scripts" / "wm_probe.py")
@@ -40,3 +41,24 @@ def test_probe_runs_end_to_end(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["updates"] for r in rows] == [0, 2]
     assert {"agent_px_error", "agent_openloop_red_share", "latent/agent", "reward_corr"} <= rows[-1].keys()
+    # "no motion" depends only on the data; the mean-latent open loop leaves the model's sampling as it was
+    assert rows[0]["agent_openloop_still_px_error"] == rows[1]["agent_openloop_still_px_error"]
+    assert "agent_openloop_mean_px_error" in rows[-1]
+
+
+def test_redraw_restores_sampling_and_reads_the_still_baseline():
+    from coworld.algos.dreamer import DreamerAgent
+    from coworld.config import load_config
+
+    torch.manual_seed(0)
+    agent = DreamerAgent(load_config("tiny", ["model.depth=4", "model.deter=16", "model.stoch=4"]), action_dim=2)
+    image = torch.zeros(2, 8, 64, 64, 3, dtype=torch.uint8)
+    for t in range(8):  # a red 4x4 agent moving 2 pixels right per frame
+        image[:, t, 30:34, 10 + 2 * t:14 + 2 * t, 0] = 255
+    batch = {"image": image, "action": torch.zeros(2, 8, 2), "is_first": torch.zeros(2, 8, dtype=torch.bool),
+             "reward": torch.zeros(2, 8)}
+    batch["is_first"][:, 0] = True
+    out = wm_probe.redraw(agent, batch, context=5)
+    # frames 5, 6, 7 are 2, 4, 6 pixels right of frame 4: mean distance 4
+    assert out["agent_openloop_still_px_error"] == pytest.approx(4.0, abs=0.01)
+    assert "sample" not in vars(agent.wm.rssm)
