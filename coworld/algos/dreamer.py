@@ -22,8 +22,7 @@ from torch import Tensor, nn
 
 from coworld.config import Config, cache_root
 from coworld.errors import UserError
-from coworld.nets import Actor, Critic, WorldModel
-from coworld.nets.world_model import glorot_init
+from coworld.nets import Actor, Critic, WorldModel, glorot_init
 
 
 def lambda_return(reward: Tensor, value: Tensor, discount: Tensor, lam: float) -> Tensor:
@@ -232,9 +231,9 @@ class DreamerAgent(nn.Module):
         F = self.wm.feat_dim
         self.actor = Actor(F, self.action_dim, b.actor_units, b.actor_layers, b.actor_min_std, b.actor_dist)
         self.critic = Critic(F, b.critic_units, b.critic_layers)
-        if m.init == "glorot":
-            glorot_init(self.actor)
-            glorot_init(self.critic)
+        if m.init == "glorot":  # the world model initialises itself
+            for net in (self.actor, self.critic):
+                glorot_init(net)
         self.slow_critic = Critic(F, b.critic_units, b.critic_layers)
         self.slow_critic.load_state_dict(self.critic.state_dict())
         self.slow_critic.requires_grad_(False)
@@ -352,9 +351,8 @@ class DreamerAgent(nn.Module):
         for part, share in parts:
             with frozen(self.wm):
                 actor_loss, critic_loss, part_metrics = self._behaviour_losses(part, critic_extra)
-            if share != 1.0:
-                actor_loss, critic_loss = actor_loss * share, critic_loss * share
-            torch.autograd.backward([self.actor_opt.scaled(actor_loss), self.critic_opt.scaled(critic_loss)])
+            losses = [self.actor_opt.scaled(actor_loss * share), self.critic_opt.scaled(critic_loss * share)]
+            torch.autograd.backward(losses)
             for k, v in part_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + share * v
         metrics["actor/grad_norm"] = self.actor_opt.apply()
