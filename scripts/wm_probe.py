@@ -13,6 +13,14 @@ episodes of ``--env`` (every built-in task has a low-dimensional ``state``):
   strength, near 0 = faded into the background); open loop also with every latent at its mean instead
   of sampled ("openloop_mean"), and for reference the open-loop error of "no motion" (the agent of the
   last observed frame, kept in place);
+- whether the imagined agent answers to the actions ("steer"): from the last observed frame, 10 steps
+  of one constant full-force action (right, left, up, down; agent steps, the task's action repeat
+  applied in the simulator) are imagined (latents at their means) and
+  the decoded agent's displacement is set against the one the simulator gives from the same position
+  and velocity: ``steer_gain`` = imagined / true displacement along the pushed direction (1 = right,
+  0 = the model ignores the action), ``steer_px_error`` the mean distance between the two displacements
+  (pixels) and ``steer_true_px`` the true displacement's mean length. An actor trained in imagination
+  learns from the dynamics' answer to its actions: a gain near 0 leaves it nothing to learn from;
 - the reward head's correlation with the recorded rewards, and the agent's redrawing, on training windows.
 
 A quantity the latent does not hold is one the actor cannot be trained to act on. Used for the `tiny`
@@ -38,6 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from coworld import envs
 from coworld.algos.dreamer import DreamerAgent
 from coworld.config import load_config
 from coworld.data.episodes import list_episode_files, load_episode
@@ -121,7 +130,55 @@ def probe(agent, fit, test) -> dict:
         r = ridge_r2(feats[0][name], ys[0], feats[1][name], ys[1])
         out.update({f"{name}/{q}": round(float(r[c].mean()), 2) for q, c in PROBED.items()})
     out.update(redraw(agent, test[0], post))  # ``post``: the test split's
+    out.update(steer(agent, *test))
     return out
+
+
+PX_PER_UNIT = 32.0  # the built-in arena [-1, 1]^2 spans the 64 pixels (zoom 1); rows grow downwards
+
+
+@torch.no_grad()
+def steer(agent, batch, state, context=5, horizon=10, env_id="builtin:reach") -> dict:
+    """The imagined agent's answer to constant actions against the simulator's (module docstring).
+    ``state`` (W, L, 6): the windows' recorded states (agent position, velocity, goal)."""
+    wm, rssm = agent.wm, agent.wm.rssm
+    n = len(batch["image"])
+    post, _ = wm.observe(wm.encode(batch["image"][:, :context]), batch["action"][:, :context].float(),
+                         batch["is_first"][:, :context])
+    start = {k: v[:, -1] for k, v in post.items()}
+    red0 = centroid(redness(wm.decoder(wm.feat(start)).float()))
+    env = envs.make(env_id, obs="state").unwrapped  # raw steps: the spec's action repeat applied below
+    repeat = envs.spec(env_id).action_repeat
+    action_dim = batch["action"].shape[-1]
+    gains, errors, true_len = [], [], []
+    rssm.sample = rssm.prediction
+    try:
+        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+            action = torch.zeros(n, action_dim)
+            action[:, 0], action[:, 1] = dx, dy
+            s = start
+            for _ in range(horizon):
+                s = rssm.img_step(s, action)
+            moved = centroid(redness(wm.decoder(wm.feat(s)).float())) - red0  # (n, 2): rows, cols
+            true = np.zeros((n, 2))
+            for i in range(n):
+                env.reset(seed=i)
+                env.pos = [float(v) for v in state[i, context - 1, 0:2]]
+                env.vel = [float(v) for v in state[i, context - 1, 2:4]]
+                x0, y0 = env.pos
+                for _ in range(horizon * repeat):
+                    env.step([dx, dy] + [0.0] * (action_dim - 2), render=False)
+                true[i] = (-(env.pos[1] - y0) * PX_PER_UNIT, (env.pos[0] - x0) * PX_PER_UNIT)
+            true = torch.from_numpy(true).float()
+            direction = torch.tensor([-dy, dx], dtype=torch.float32)  # the push in (row, col)
+            gains.append(((moved * direction).sum(-1).mean() / (true * direction).sum(-1).mean()).item())
+            errors.append((moved - true).norm(dim=-1).mean().item())
+            true_len.append(true.norm(dim=-1).mean().item())
+    finally:
+        del rssm.sample
+        env.close()
+    return {"steer_gain": round(float(np.mean(gains)), 2), "steer_px_error": round(float(np.mean(errors)), 2),
+            "steer_true_px": round(float(np.mean(true_len)), 2)}
 
 
 @torch.no_grad()
@@ -193,12 +250,13 @@ def fit_and_probe(args, cfg, replay, fit, test) -> None:
     rows, t0, spent = [], time.time(), 0.0
     for u in range(args.updates + 1):
         if u % args.eval_every == 0:
-            found = probe(agent, fit, test)
-            seen = replay.sample(32, cfg.train.length, rng=diag_rng)
-            diag = offline_diagnostics(agent, seen, cfg.behaviour.gamma)
-            row = {"updates": u, "train_s": round(spent, 1), "reward_corr": round(diag["reward_corr"], 3)}
-            row.update(found)
-            row.update(redraw(agent, seen, prefix="train_agent"))
+            with torch.random.fork_rng(devices=[]):  # the probes' sampling leaves training's random stream alone
+                found = probe(agent, fit, test)
+                seen = replay.sample(32, cfg.train.length, rng=diag_rng)
+                diag = offline_diagnostics(agent, seen, cfg.behaviour.gamma)
+                row = {"updates": u, "train_s": round(spent, 1), "reward_corr": round(diag["reward_corr"], 3)}
+                row.update(found)
+                row.update(redraw(agent, seen, prefix="train_agent"))
             rows.append(row)
             print(json.dumps(row), flush=True)
         if u == args.updates:

@@ -62,3 +62,25 @@ def test_redraw_restores_sampling_and_reads_the_still_baseline():
     # frames 5, 6, 7 are 2, 4, 6 pixels right of frame 4: mean distance 4
     assert out["agent_openloop_still_px_error"] == pytest.approx(4.0, abs=0.01)
     assert "sample" not in vars(agent.wm.rssm)
+
+
+def test_steer_sets_the_imagined_agent_against_the_simulators_displacement():
+    from coworld.algos.dreamer import DreamerAgent
+    from coworld.config import load_config
+
+    torch.manual_seed(0)
+    agent = DreamerAgent(load_config("tiny", ["model.depth=4", "model.deter=16", "model.stoch=4"]), action_dim=2)
+    batch = {"image": torch.zeros(3, 6, 64, 64, 3, dtype=torch.uint8), "action": torch.zeros(3, 6, 2),
+             "is_first": torch.zeros(3, 6, dtype=torch.bool)}
+    state = np.zeros((3, 6, 6), np.float32)  # at rest in the middle of the arena: no wall within reach
+    out = wm_probe.steer(agent, batch, state, context=5, horizon=3)
+    # builtin:reach: action repeat 2, so 6 raw steps of full force from rest, by hand from the physics in
+    # coworld/envs/builtin.py: v <- (v + 0.05 * 5) / (1 + 0.05 * 5), x <- x + 0.05 v; 32 pixels per unit
+    v = x = 0.0
+    for _ in range(6):
+        v = (v + 0.25) / 1.25
+        x += 0.05 * v
+    assert out["steer_true_px"] == pytest.approx(32 * x, abs=0.006)  # printed to 2 decimals
+    assert set(out) == {"steer_gain", "steer_px_error", "steer_true_px"}
+    assert "sample" not in vars(agent.wm.rssm)  # the latents are sampled again afterwards
+

@@ -1,0 +1,22 @@
+"""scripts/dreamer_states.py: the state-input agent trains on the online schedule and is evaluated."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+spec = importlib.util.spec_from_file_location("dreamer_states", Path(__file__).parents[1] / "scripts" / "dreamer_states.py")
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+
+
+def test_dreamer_states_trains_and_evaluates_a_state_input_agent(tmp_path):
+    out = tmp_path / "rows.json"
+    script.main(["--steps", "240", "--eval-every", "120", "--set", "train.prefill=110", "--set", "train.pretrain=2",
+                 "--set", "train.batch=2", "--set", "train.eval_episodes=1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["env_steps"] for r in rows] == [120, 240]
+    # prefill 110 and one finished 100-step episode: 2 pretraining updates at step 110, then one every 5 steps
+    assert rows[-1]["updates"] == 2 + (240 - 110) // 5
+    assert all(np.isfinite(r["eval_return"]) for r in rows)
