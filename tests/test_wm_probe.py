@@ -34,6 +34,13 @@ def test_redness_and_centroid_on_a_hand_image():
     assert torch.allclose(wm_probe.centroid(red[None]), torch.tensor([[2.0, 5.0]]))
 
 
+def test_peak_keeps_the_disc_and_drops_the_haze():
+    mass = torch.full((1, 8, 8), 0.05)  # a faint haze over the frame: 3.0 in all, more than the disc (2.4)
+    mass[0, 1:3, 5:7] = 0.6
+    assert torch.allclose(wm_probe.centroid(wm_probe.peak(mass)), torch.tensor([[1.5, 5.5]]))
+    assert wm_probe.centroid(mass)[0, 1] < 5.0  # the plain centroid is pulled towards the middle
+
+
 def test_probe_runs_end_to_end(tmp_path):
     out = tmp_path / "probe.json"
     wm_probe.main(["--train-episodes", "3", "--probe-episodes", "3", "--updates", "2", "--eval-every", "2",
@@ -73,6 +80,7 @@ def test_steer_sets_the_imagined_agent_against_the_simulators_displacement():
     batch = {"image": torch.zeros(3, 6, 64, 64, 3, dtype=torch.uint8), "action": torch.zeros(3, 6, 2),
              "is_first": torch.zeros(3, 6, dtype=torch.bool)}
     state = np.zeros((3, 6, 6), np.float32)  # at rest in the middle of the arena: no wall within reach
+    state[:, -1, 0] = 0.1  # the recorded window moves on by 3.2 pixels (the posterior reference)
     out = wm_probe.steer(agent, batch, state, context=5, horizon=3)
     # builtin:reach: action repeat 2, so 6 raw steps of full force from rest, by hand from the physics in
     # coworld/envs/builtin.py: v <- (v + 0.05 * 5) / (1 + 0.05 * 5), x <- x + 0.05 v; 32 pixels per unit
@@ -81,6 +89,7 @@ def test_steer_sets_the_imagined_agent_against_the_simulators_displacement():
         v = (v + 0.25) / 1.25
         x += 0.05 * v
     assert out["steer_true_px"] == pytest.approx(32 * x, abs=0.006)  # printed to 2 decimals
-    assert set(out) == {"steer_gain", "steer_px_error", "steer_true_px"}
+    assert set(out) == {"steer_gain", "steer_px_error", "steer_true_px", "track_gain"}
+    assert np.isfinite(out["track_gain"])
     assert "sample" not in vars(agent.wm.rssm)  # the latents are sampled again afterwards
 
