@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import torch
 
@@ -39,6 +40,15 @@ from coworld.run.driver import Collector, evaluate
 from coworld.run.train import updates_due
 
 
+class HideVelocity(gymnasium.ObservationWrapper):
+    """Zeroes columns 2-3 of ``obs["state"]`` (a built-in task's agent velocity)."""
+
+    def observation(self, obs):
+        state = obs["state"].copy()
+        state[2:4] = 0.0
+        return {**obs, "state": state}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--env", default="builtin:reach")
@@ -50,6 +60,9 @@ def main(argv=None):
     p.add_argument("--eval-every", type=int, default=2000, help="env (agent) steps between evaluations "
                    "(train.eval_episodes episodes each)")
     p.add_argument("--pixels", action="store_true", help="the image agent instead (the same loop)")
+    p.add_argument("--hide-velocity", action="store_true",
+                   help="zero the agent's velocity in the state (columns 2-3 of every built-in task's state), so "
+                        "that the model must infer it from positions over time, as an image model must")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -59,6 +72,8 @@ def main(argv=None):
     obs = "image" if args.pixels else "state"
     env = envs.make(args.env, obs=obs, seed=args.seed)
     eval_env = envs.make(args.env, obs=obs)
+    if args.hide_velocity:
+        env, eval_env = HideVelocity(env), HideVelocity(eval_env)
     action_dim = env.action_space.shape[0]
     if args.pixels:
         agent = DreamerAgent(cfg, action_dim)

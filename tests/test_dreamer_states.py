@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 spec = importlib.util.spec_from_file_location("dreamer_states", Path(__file__).parents[1] / "scripts" / "dreamer_states.py")
 script = importlib.util.module_from_spec(spec)
@@ -20,3 +21,14 @@ def test_dreamer_states_trains_and_evaluates_a_state_input_agent(tmp_path):
     # prefill 110 and one finished 100-step episode: 2 pretraining updates at step 110, then one every 5 steps
     assert rows[-1]["updates"] == 2 + (240 - 110) // 5
     assert all(np.isfinite(r["eval_return"]) for r in rows)
+
+
+def test_hide_velocity_zeroes_only_the_agents_velocity():
+    from coworld import envs
+
+    env = script.HideVelocity(envs.make("builtin:reach", obs="state", seed=0))
+    env.reset()
+    for _ in range(3):
+        obs, *_ = env.step([1.0, 1.0])
+    assert obs["state"][2:4].tolist() == [0.0, 0.0]
+    assert env.unwrapped.vel[0] > 0 and obs["state"][0] == pytest.approx(env.unwrapped.pos[0])  # moving; position kept
