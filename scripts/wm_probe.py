@@ -15,14 +15,16 @@ episodes of ``--env`` (every built-in task has a low-dimensional ``state``):
   last observed frame, kept in place);
 - whether the imagined agent answers to the actions ("steer"): from the last observed frame, 10 steps
   of one constant full-force action (right, left, up, down; agent steps, the task's action repeat
-  applied in the simulator) are imagined (latents at their means) and
-  the decoded agent's displacement is set against the one the simulator gives from the same position
-  and velocity: ``steer_gain`` = imagined / true displacement along the pushed direction (1 = right,
-  0 = the model ignores the action), ``steer_px_error`` the mean distance between the two displacements
-  (pixels) and ``steer_true_px`` the true displacement's mean length; for reference ``track_gain``, the
-  same measure for the posterior's agent (every frame seen) over the recorded motion of the window
-  (regression slope of decoded on true displacements: near 1 when the decoder follows the agent). An actor trained in imagination
-  learns from the dynamics' answer to its actions: a gain near 0 leaves it nothing to learn from;
+  applied in the simulator) are imagined (latents at their means) and the decoded agent's displacement
+  is set against the one the simulator gives from the same position and velocity: ``steer_gain`` =
+  imagined / true displacement along the pushed direction (1 = right, 0 = the model ignores the
+  action), ``steer_px_error`` the mean distance between the two displacements (pixels) and
+  ``steer_true_px`` the true displacement's mean length; for reference ``track_gain``, the same
+  measure for the posterior's agent (every frame seen) over the recorded motion of the window
+  (regression slope of decoded on true displacements: near 1 when the decoder follows the agent).
+  Positions are centroids of the decoded disc without the decoder's faint haze (:func:`peak`). An
+  actor trained in imagination learns from the dynamics' answer to its actions: a gain near 0 leaves
+  it nothing to learn from;
 - the reward head's correlation with the recorded rewards, and the agent's redrawing, on training windows.
 
 A quantity the latent does not hold is one the actor cannot be trained to act on. Used for the `tiny`
