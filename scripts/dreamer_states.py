@@ -12,7 +12,8 @@ the actor-critic or the task. Used for docs/results.md ("Dreamer from states").
     python3 scripts/dreamer_states.py --seed 0 --minutes 10
 
 Prints one JSON line per evaluation (``--eval-every`` env steps; ``train.eval_episodes`` episodes with
-the actor's mean action) and, with --json, writes them all to a file. One torch thread unless --threads says otherwise.
+the actor's mean action) and, with --json, writes them all to a file. One torch thread unless --threads
+says otherwise.
 """
 
 from __future__ import annotations
