@@ -57,6 +57,7 @@ from coworld.data.episodes import list_episode_files, load_episode
 from coworld.data.make import make_dataset
 from coworld.data.replay import Replay
 from coworld.run.diagnostics import offline_diagnostics
+from coworld.run.driver import Collector
 from coworld.run.openloop import openloop_predict
 
 
@@ -80,6 +81,37 @@ def random_episodes(env_id, n, seed, directory) -> list[dict]:
     to ``directory``), loaded: wide coverage of the state space, and each keeps its ``state``."""
     make_dataset(env_id, "random", n, directory, seed=seed)
     return [load_episode(f) for f in list_episode_files(directory)]
+
+
+class HeldRandom:
+    """A policy of uniform random actions, each held for ``hold`` steps (for :class:`Collector`): the same
+    draws as the ``random`` level's, as larger and longer pushes."""
+
+    def __init__(self, action_dim: int, hold: int, seed: int):
+        self.action_dim, self.hold = action_dim, hold
+        self.rng = np.random.default_rng(seed)
+
+    def initial_policy_state(self, n: int):
+        return (0, None)
+
+    def act(self, obs, state, is_first, explore):
+        step, action = state
+        if step % self.hold == 0:
+            action = self.rng.uniform(-1.0, 1.0, (1, self.action_dim)).astype(np.float32)
+        return action, (step + 1, action)
+
+
+def held_random_episodes(env_id, n, hold, seed, directory) -> None:
+    """n episodes of :class:`HeldRandom` actions in ``env_id``, written to ``directory`` as a replay."""
+    env = envs.make(env_id, seed=seed)
+    try:
+        replay = Replay(directory, seed=seed, readonly=False)
+        collector = Collector(env, replay, seed=seed, action_dim=env.action_space.shape[0])
+        policy = HeldRandom(env.action_space.shape[0], hold, seed)
+        while collector.episodes < n:
+            collector.step(policy)
+    finally:
+        env.close()
 
 
 @torch.no_grad()
@@ -231,6 +263,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", help="train on this dataset (default: on --train-episodes random-action episodes of --env)")
     p.add_argument("--train-episodes", type=int, default=300)
+    p.add_argument("--hold", type=int, default=1,
+                   help="without --dataset: hold each random action for this many steps (larger, longer pushes)")
     p.add_argument("--env", default="builtin:reach", help="where the probe's episodes come from (random actions)")
     p.add_argument("--probe-episodes", type=int, default=90, help="two thirds fit the probe, one third tests it")
     p.add_argument("--preset", default="tiny")
@@ -252,7 +286,10 @@ def main(argv=None):
         data = args.dataset
         if not data:
             data = tmp / "train"
-            make_dataset(args.env, "random", args.train_episodes, data, seed=args.seed)
+            if args.hold > 1:
+                held_random_episodes(args.env, args.train_episodes, args.hold, args.seed, data)
+            else:
+                make_dataset(args.env, "random", args.train_episodes, data, seed=args.seed)
         replay = Replay(data, seed=args.seed, cache_dir=tmp / "cache")
         fit_and_probe(args, cfg, replay, fit, test)
     finally:

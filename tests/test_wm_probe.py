@@ -93,3 +93,20 @@ def test_steer_sets_the_imagined_agent_against_the_simulators_displacement():
     assert np.isfinite(out["track_gain"])
     assert "sample" not in vars(agent.wm.rssm)  # the latents are sampled again afterwards
 
+
+
+def test_held_random_holds_each_draw_for_hold_steps(tmp_path):
+    policy = wm_probe.HeldRandom(action_dim=2, hold=3, seed=0)
+    state, actions = policy.initial_policy_state(1), []
+    for _ in range(7):
+        action, state = policy.act(None, state, None, True)
+        actions.append(action[0].tolist())
+    assert actions[0] == actions[1] == actions[2] != actions[3] == actions[4] == actions[5] != actions[6]
+    assert all(-1 <= a <= 1 for step in actions for a in step)
+    wm_probe.held_random_episodes("builtin:reach", 2, 3, 0, tmp_path / "held")
+    from coworld.data.episodes import list_episode_files, load_episode
+
+    episodes = [load_episode(f) for f in list_episode_files(tmp_path / "held")]
+    assert len(episodes) == 2
+    act = episodes[0]["action"][1:]  # index 0: the reset step's placeholder action
+    assert np.array_equal(act[0], act[1]) and np.array_equal(act[1], act[2]) and not np.array_equal(act[2], act[3])
