@@ -12,10 +12,11 @@ script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
 
-def test_dreamer_states_trains_and_evaluates_a_state_input_agent(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--pixels"]], ids=["state", "pixels"])
+def test_dreamer_states_trains_and_evaluates_either_agent(tmp_path, mode):
     out = tmp_path / "rows.json"
     script.main(["--steps", "240", "--eval-every", "120", "--set", "train.prefill=110", "--set", "train.pretrain=2",
-                 "--set", "train.batch=2", "--set", "train.eval_episodes=1", "--json", str(out)])
+                 "--set", "train.batch=2", "--set", "train.eval_episodes=1", "--json", str(out)] + mode)
     rows = json.loads(out.read_text())["rows"]
     assert [r["env_steps"] for r in rows] == [120, 240]
     # prefill 110 and one finished 100-step episode: 2 pretraining updates at step 110, then one every 5 steps
