@@ -38,6 +38,7 @@ Prints one JSON line per evaluation and, with --json, writes them all to a file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -157,6 +158,41 @@ def peak(mass: torch.Tensor, share: float = 0.5) -> torch.Tensor:
     return torch.where(mass >= share * mass.amax((-2, -1), keepdim=True), mass, 0.0)
 
 
+@contextlib.contextmanager
+def latent_means(rssm):
+    """Within: every latent the RSSM draws is its distribution's mean (no sampling noise)."""
+    rssm.sample = rssm.prediction
+    try:
+        yield
+    finally:
+        del rssm.sample
+
+
+def drawn_agent(wm, state: dict) -> torch.Tensor:
+    """(N, 2) (row, column) pixel position of the agent the decoder draws at latent ``state`` ((N, ...)
+    tensors): the centroid of its red disc without the haze (:func:`peak`)."""
+    return centroid(peak(redness(wm.decoder(wm.feat(state)).float())))
+
+
+PX_PER_UNIT = 32.0  # the built-in arena [-1, 1]^2 spans the 64 pixels (zoom 1); rows grow downwards
+
+
+def to_pixels(xy) -> torch.Tensor:
+    """World displacements (..., 2) as (x, y) -> image displacements (..., 2) as (row, column) pixels."""
+    xy = torch.as_tensor(xy, dtype=torch.float32)
+    return torch.stack([-xy[..., 1], xy[..., 0]], -1) * PX_PER_UNIT
+
+
+def push_gain(moved: torch.Tensor, true: torch.Tensor, direction: torch.Tensor) -> float:
+    """Mean displacement along ``direction`` of ``moved`` over that of ``true`` ((N, 2) each)."""
+    return float((moved @ direction).mean() / (true @ direction).mean())
+
+
+def slope(moved: torch.Tensor, true: torch.Tensor) -> float:
+    """Least-squares gain g of moved ~ g * true over (N, 2) displacements: sum(m . t) / sum(t . t)."""
+    return float((moved * true).sum() / (true * true).sum())
+
+
 @torch.no_grad()
 def probe(agent, fit, test) -> dict:
     """The readouts and the agent's redrawing described in the module docstring."""
@@ -177,9 +213,6 @@ def probe(agent, fit, test) -> dict:
     return out
 
 
-PX_PER_UNIT = 32.0  # the built-in arena [-1, 1]^2 spans the 64 pixels (zoom 1); rows grow downwards
-
-
 @torch.no_grad()
 def steer(agent, batch, state, context=5, horizon=10, env_id="builtin:reach") -> dict:
     """The imagined agent's answer to constant actions against the simulator's (module docstring).
@@ -188,42 +221,37 @@ def steer(agent, batch, state, context=5, horizon=10, env_id="builtin:reach") ->
     n = len(batch["image"])
     post, _ = wm.observe(wm.encode(batch["image"]), batch["action"].float(), batch["is_first"])
     start = {k: v[:, context - 1] for k, v in post.items()}
-    red0 = centroid(peak(redness(wm.decoder(wm.feat(start)).float())))
+    at_start = drawn_agent(wm, start)
     # reference: the posterior's agent (every frame seen) from frame context - 1 to the window's last frame,
     # against the recorded motion: the same measure where the model is told where the agent is
-    last = centroid(peak(redness(wm.decoder(wm.feat({k: v[:, -1] for k, v in post.items()})).float())))
-    recorded = torch.from_numpy(state[:, -1, :2] - state[:, context - 1, :2]).float() * PX_PER_UNIT
-    recorded = torch.stack([-recorded[:, 1], recorded[:, 0]], -1)  # (x, y) -> (row, column) pixels
-    track = float(((last - red0) * recorded).sum() / (recorded * recorded).sum())
+    recorded = to_pixels(state[:, -1, :2] - state[:, context - 1, :2])
+    track = slope(drawn_agent(wm, {k: v[:, -1] for k, v in post.items()}) - at_start, recorded)
     env = envs.make(env_id, obs="state").unwrapped  # raw steps: the spec's action repeat applied below
     repeat = envs.spec(env_id).action_repeat
     action_dim = batch["action"].shape[-1]
     gains, errors, true_len = [], [], []
-    rssm.sample = rssm.prediction
     try:
-        for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        for push in ((1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0)):
             action = torch.zeros(n, action_dim)
-            action[:, 0], action[:, 1] = dx, dy
+            action[:, :2] = torch.tensor(push)
             s = start
-            for _ in range(horizon):
-                s = rssm.img_step(s, action)
-            moved = centroid(peak(redness(wm.decoder(wm.feat(s)).float()))) - red0  # (n, 2): rows, cols
+            with latent_means(rssm):
+                for _ in range(horizon):
+                    s = rssm.img_step(s, action)
+            moved = drawn_agent(wm, s) - at_start
             true = np.zeros((n, 2))
             for i in range(n):
                 env.reset(seed=i)
                 env.pos = [float(v) for v in state[i, context - 1, 0:2]]
                 env.vel = [float(v) for v in state[i, context - 1, 2:4]]
-                x0, y0 = env.pos
                 for _ in range(horizon * repeat):
-                    env.step([dx, dy] + [0.0] * (action_dim - 2), render=False)
-                true[i] = (-(env.pos[1] - y0) * PX_PER_UNIT, (env.pos[0] - x0) * PX_PER_UNIT)
-            true = torch.from_numpy(true).float()
-            direction = torch.tensor([-dy, dx], dtype=torch.float32)  # the push in (row, col)
-            gains.append(((moved * direction).sum(-1).mean() / (true * direction).sum(-1).mean()).item())
+                    env.step(list(push) + [0.0] * (action_dim - 2), render=False)
+                true[i] = np.subtract(env.pos, state[i, context - 1, 0:2])
+            true = to_pixels(true)
+            gains.append(push_gain(moved, true, to_pixels(push) / PX_PER_UNIT))
             errors.append((moved - true).norm(dim=-1).mean().item())
             true_len.append(true.norm(dim=-1).mean().item())
     finally:
-        del rssm.sample
         env.close()
     return {"steer_gain": round(float(np.mean(gains)), 2), "steer_px_error": round(float(np.mean(errors)), 2),
             "steer_true_px": round(float(np.mean(true_len)), 2), "track_gain": round(track, 2)}
@@ -240,12 +268,8 @@ def redraw(agent, batch, post=None, prefix="agent", context=5) -> dict:
     red_r = redness(agent.wm.decoder(agent.wm.feat(post)).float())
     _, model = openloop_predict(agent, batch, context=context, rows=len(batch["image"]))
     red_o = redness(agent.wm.prepare(torch.from_numpy(model)))[:, context:]
-    rssm = agent.wm.rssm
-    rssm.sample = rssm.prediction  # open loop again without sampling noise: every latent at its mean
-    try:
+    with latent_means(agent.wm.rssm):  # open loop again without sampling noise
         _, model = openloop_predict(agent, batch, context=context, rows=len(batch["image"]))
-    finally:
-        del rssm.sample
     red_m = redness(agent.wm.prepare(torch.from_numpy(model)))[:, context:]
     out = {}
     for name, red, true in ((prefix, red_r, red_t), (prefix + "_openloop", red_o, red_t[:, context:]),

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from coworld.data.episodes import list_episode_files, load_episode
+
 spec = importlib.util.spec_from_file_location("wm_probe", Path(__file__).parents[1] / "scripts" / "wm_probe.py")
 wm_probe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(wm_probe)
@@ -94,6 +96,16 @@ def test_steer_sets_the_imagined_agent_against_the_simulators_displacement():
     assert "sample" not in vars(agent.wm.rssm)  # the latents are sampled again afterwards
 
 
+def test_gains_and_pixel_directions_by_hand():
+    # world (x, y) = (0.1, 0.2): 3.2 px right and 6.4 px up, i.e. row -6.4, column +3.2
+    assert torch.allclose(wm_probe.to_pixels(np.array([0.1, 0.2])), torch.tensor([-6.4, 3.2]))
+    true = torch.tensor([[0.0, 10.0], [0.0, 20.0]])  # pushed right by 10 and 20 px
+    moved = torch.tensor([[1.0, 2.0], [-1.0, 4.0]])  # 2 and 4 px along the push, some across it
+    assert wm_probe.push_gain(moved, true, torch.tensor([0.0, 1.0])) == pytest.approx(3 / 15)
+    # slope: (0*1 + 10*2 + 0*-1 + 20*4) / (100 + 400) = 100 / 500
+    assert wm_probe.slope(moved, true) == pytest.approx(0.2)
+    assert wm_probe.slope(2.5 * true, true) == pytest.approx(2.5)
+
 
 def test_held_random_holds_each_draw_for_hold_steps(tmp_path):
     policy = wm_probe.HeldRandom(action_dim=2, hold=3, seed=0)
@@ -104,8 +116,6 @@ def test_held_random_holds_each_draw_for_hold_steps(tmp_path):
     assert actions[0] == actions[1] == actions[2] != actions[3] == actions[4] == actions[5] != actions[6]
     assert all(-1 <= a <= 1 for step in actions for a in step)
     wm_probe.held_random_episodes("builtin:reach", 2, 3, 0, tmp_path / "held")
-    from coworld.data.episodes import list_episode_files, load_episode
-
     episodes = [load_episode(f) for f in list_episode_files(tmp_path / "held")]
     assert len(episodes) == 2
     act = episodes[0]["action"][1:]  # index 0: the reset step's placeholder action
