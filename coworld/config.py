@@ -50,6 +50,15 @@ class ModelConfig:
     # more encoder and decoder forward per update for much less memory (docs/results.md "Update speed":
     # 256 at 150 x 50 frames on a CPU); smaller batches are unaffected; 0: always kept (the default)
     conv_remat: int = 0
+    # Keypoints (docs/algorithms.md#world-model, "Keypoints"; not part of DreamerV2): k in 1..4 appends to the
+    # embedding, for every channel of the encoder's k-th conv layer, the expected (x, y) in [-1, 1] of that
+    # channel's spatial softmax, a code linear in where things are in the frame; 0 = off (DreamerV2's encoder)
+    keypoints: int = 0
+    keypoint_temp: float = 10.0  # initial inverse temperature of the keypoints' softmax (learned per channel)
+    # > 0 (with keypoints): the latent also reconstructs the frame's keypoints (detached targets) through an
+    # MLP head, this weight times their unit-variance NLL joining the world-model loss, so that the latent
+    # keeps the positions the keypoints measure; 0 = no such term
+    keypoint_scale: float = 0.0
     latent: str = "gaussian"  # "gaussian" (stoch dims) or "discrete" (stoch categoricals x classes)
     stoch: int = 50  # Gaussian latent size, or number of categoricals when discrete
     classes: int = 32  # classes per categorical (discrete latents only)

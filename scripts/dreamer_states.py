@@ -7,7 +7,9 @@ pieces as ``coworld train --algo dreamer`` (the collector, the replay on disk, t
 the evaluation protocol), for a wall-clock budget. ``--pixels`` runs the image agent through the same
 loop instead, for a like-for-like comparison. When the state agent learns the task within the budget
 and the image agent does not, what limits the image agent is its world model's view of the frames, not
-the actor-critic or the task. Used for docs/results.md ("Dreamer from states").
+the actor-critic or the task. ``--pixels --aux-state W`` also makes the image world model decode the recorded
+state from its latent (privileged information, a diagnostic: if the image agent then learns, what it lacked
+was a latent that knows the positions). Used for docs/results.md ("Dreamer from states", "Keypoints").
 
     python3 scripts/dreamer_states.py --seed 0 --minutes 10
 
@@ -37,6 +39,7 @@ from coworld.algos.coworld import StateSourceAgent
 from coworld.algos.dreamer import DreamerAgent
 from coworld.config import load_config
 from coworld.data.replay import Replay
+from coworld.nets.world_model import StateDecoder, gaussian_nll
 from coworld.run.driver import Collector, evaluate
 from coworld.run.train import updates_due
 
@@ -48,6 +51,27 @@ class HideVelocity(gymnasium.ObservationWrapper):
         state = obs["state"].copy()
         state[2:4] = 0.0
         return {**obs, "state": state}
+
+
+class StateAux:
+    """An image agent's update whose world-model loss also has ``weight`` times the unit-variance NLL of the
+    recorded state decoded from the latent by a :class:`StateDecoder` (its own Adam at the model's rate)."""
+
+    def __init__(self, agent, state_dim: int, weight: float):
+        m = agent.cfg.model
+        self.agent, self.weight = agent, weight
+        self.head = StateDecoder(agent.wm.feat_dim, state_dim, m.units)
+        self.opt = torch.optim.Adam(self.head.parameters(), m.lr)
+
+    def __call__(self, batch: dict) -> dict:
+        def hook(out):
+            nll = gaussian_nll(self.head(out["feat"]), batch["state"].float(), event_dims=1).mean()
+            return self.weight * nll, {"model/aux_state_nll": nll.detach()}
+
+        self.opt.zero_grad()
+        metrics = self.agent.update(batch, wm_hook=hook)
+        self.opt.step()
+        return metrics
 
 
 def main(argv=None):
@@ -64,6 +88,10 @@ def main(argv=None):
     p.add_argument("--hide-velocity", action="store_true",
                    help="zero the agent's velocity in the state (columns 2-3 of every built-in task's state), so "
                         "that the model must infer it from positions over time, as an image model must")
+    p.add_argument("--aux-state", type=float, default=0.0,
+                   help="with --pixels: the image world model also decodes the recorded state, this weight times "
+                        "its unit-variance NLL (privileged information: does a latent that knows the positions "
+                        "exactly make the image agent learn?)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -83,7 +111,11 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="dreamer-states-"))
     rows, t0 = [], time.time()
     try:
-        replay = Replay(tmp / "replay", seed=args.seed, readonly=False, extra_keys=() if args.pixels else ("state",))
+        replay = Replay(tmp / "replay", seed=args.seed, readonly=False,
+                        extra_keys=("state",) if args.aux_state or not args.pixels else ())
+        update = agent.update
+        if args.pixels and args.aux_state:
+            update = StateAux(agent, env.observation_space["state"].shape[0], args.aux_state)
         collector = Collector(env, replay, seed=args.seed, action_dim=action_dim)
         pretrained, next_eval, t = False, args.eval_every, cfg.train
         while time.time() - t0 < args.minutes * 60 and not (args.steps and collector.steps >= args.steps):
@@ -91,7 +123,7 @@ def main(argv=None):
             ready = collector.steps >= t.prefill and replay.num_episodes > 0
             n, pretrained = updates_due(t, collector.steps, ready, pretrained)
             for _ in range(n):
-                agent.update(replay.sample(t.batch, t.length, mode=t.sampling))
+                update(replay.sample(t.batch, t.length, mode=t.sampling))
             if collector.steps >= next_eval:
                 next_eval += args.eval_every
                 result = evaluate(agent, eval_env, episodes=t.eval_episodes, seed=12345)

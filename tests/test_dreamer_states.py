@@ -33,3 +33,28 @@ def test_hide_velocity_zeroes_only_the_agents_velocity():
         obs, *_ = env.step([1.0, 1.0])
     assert obs["state"][2:4].tolist() == [0.0, 0.0]
     assert env.unwrapped.vel[0] > 0 and obs["state"][0] == pytest.approx(env.unwrapped.pos[0])  # moving; position kept
+
+
+def test_state_aux_adds_the_weighted_state_nll_to_the_world_model_loss():
+    import torch
+
+    from coworld.algos.dreamer import DreamerAgent
+    from coworld.config import load_config
+    from coworld.run.bench import random_batch
+
+    cfg = load_config("tiny", ["model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4", "model.units=16"])
+    batch = random_batch(2, 4, 2, "cpu")
+    batch["state"] = torch.randn(2, 4, 6)
+    params = []
+    for weight in (0.0, 0.0, 50.0):
+        torch.manual_seed(0)
+        aux = script.StateAux(DreamerAgent(cfg, 2), 6, weight)
+        head_before = [p.detach().clone() for p in aux.head.parameters()]
+        torch.manual_seed(1)
+        metrics = aux(batch)
+        assert metrics["model/aux_state_nll"] > 0
+        moved = any(not torch.equal(a, b) for a, b in zip(head_before, aux.head.parameters()))
+        assert moved == (weight > 0)  # the head learns from its weighted NLL only
+        params.append(torch.cat([p.detach().flatten() for p in aux.agent.wm.encoder.parameters()]))
+    # weight 0 leaves the world model's update alone (same seed, same result); a weight changes it
+    assert torch.equal(params[0], params[1]) and not torch.allclose(params[0], params[2])

@@ -106,7 +106,7 @@ def recompute_in_chunks(fn, chunk: int, *xs: Tensor) -> Tensor:
 class Encoder(nn.Module):
     """4 convs, kernel 4, stride 2, channels d, 2d, 4d, 8d, ELU (docs/algorithms.md#world-model). 64x64 -> 8d x 2 x 2."""
 
-    def __init__(self, depth: int, remat: int = 0):
+    def __init__(self, depth: int, remat: int = 0, keypoints: int = 0, temp: float = 10.0):
         super().__init__()
         self.remat = remat  # > 0: above this many frames, recompute the activations in backward in chunks
         chans = [3, depth, 2 * depth, 4 * depth, 8 * depth]
@@ -116,19 +116,41 @@ class Encoder(nn.Module):
             # uses its result, so one activation per layer is kept for backward instead of two
             layers += [nn.Conv2d(cin, cout, 4, stride=2), nn.ELU(inplace=True)]
         self.net = nn.Sequential(*layers)
-        self.out_dim = 8 * depth * 2 * 2
+        self.keypoints = keypoints  # k > 0: keypoints of conv layer k appended (docs/algorithms.md#world-model)
+        self.keypoint_dim = 2 * chans[keypoints] if keypoints else 0
+        if keypoints:
+            self.log_temp = nn.Parameter(torch.full((chans[keypoints], 1, 1), math.log(temp)))
+        self.out_dim = 8 * depth * 2 * 2 + self.keypoint_dim
+
+    def _embed(self, x: Tensor) -> Tensor:
+        """(N, 3, 64, 64) -> (N, E): the last layer's map flattened, then the keypoints if any."""
+        if not self.keypoints:
+            return self.net(x).flatten(1)
+        k = 2 * self.keypoints  # the conv of layer k is net[k - 2], its ELU net[k - 1]
+        h = F.elu(self.net[k - 2](self.net[:k - 2](x)))  # not in place: read twice
+        return torch.cat([self.net[k:](h).flatten(1), spatial_softmax_xy(h * self.log_temp.exp())], 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: preprocessed ``(…, 3, 64, 64)`` -> embed ``(…, E)``."""
         lead = x.shape[:-3]
         x = x.reshape(-1, *x.shape[-3:])
         if not torch.is_grad_enabled() and x.shape[0] > NO_GRAD_CHUNK:
-            y = torch.cat([self.net(c) for c in x.split(NO_GRAD_CHUNK)])
+            y = torch.cat([self._embed(c) for c in x.split(NO_GRAD_CHUNK)])
         elif self.remat and torch.is_grad_enabled() and x.shape[0] > self.remat:
-            y = recompute_in_chunks(self.net, self.remat, x)
+            y = recompute_in_chunks(self._embed, self.remat, x)
         else:
-            y = self.net(x)
+            y = self._embed(x)
         return y.reshape(*lead, self.out_dim)
+
+
+def spatial_softmax_xy(h: Tensor) -> Tensor:
+    """(N, C, H, W) -> (N, 2 C): per channel, the expected x and then y in [-1, 1] (left/top = -1) under
+    the softmax of its H x W values (docs/algorithms.md#world-model, "Keypoints")."""
+    n, c, rows, cols = h.shape
+    p = torch.softmax(h.reshape(n, c, rows * cols).float(), -1).view(n, c, rows, cols)
+    xs = torch.linspace(-1.0, 1.0, cols, device=h.device)
+    ys = torch.linspace(-1.0, 1.0, rows, device=h.device)
+    return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], 1).to(h.dtype)
 
 
 def _phase_conv_transpose(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -487,7 +509,7 @@ class WorldModel(nn.Module):
         m = cfg.model
         self.cfg = m
         self.obs_key = "state" if state_dim else "image"
-        self.encoder = StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim else Encoder(m.depth, m.conv_remat)
+        self.encoder = StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim else Encoder(m.depth, m.conv_remat, m.keypoints, m.keypoint_temp)
         self.rssm = RSSM(m, action_dim, self.encoder.out_dim, heads=max(1, m.ensemble))
         self.feat_dim = self.rssm.stoch_dim + m.deter
         self.decoder = StateDecoder(self.feat_dim, state_dim, m.units) if state_dim else Decoder(self.feat_dim, m.depth)
@@ -495,6 +517,8 @@ class WorldModel(nn.Module):
         self.discount_head = (
             mlp(self.feat_dim, 1, m.units, m.discount_layers) if m.discount_head else None
         )
+        kp = getattr(self.encoder, "keypoint_dim", 0)
+        self.keypoint_head = mlp(self.feat_dim, kp, m.units, STATE_LAYERS) if kp and m.keypoint_scale else None
         if m.init == "glorot":
             glorot_init(self)
 
@@ -569,6 +593,11 @@ class WorldModel(nn.Module):
             "model/prior_ent": self.rssm.entropy(prior).mean().detach(),
             "model/post_ent": self.rssm.entropy(post).mean().detach(),
         }
+        if self.keypoint_head is not None:  # docs/algorithms.md#world-model, "Keypoints"
+            target = embed[..., -self.encoder.keypoint_dim:].detach()
+            kp_loss = gaussian_nll(self.keypoint_head(feat), target, event_dims=1).mean()
+            loss = loss + m.keypoint_scale * kp_loss
+            metrics["model/keypoint_loss"] = kp_loss.detach()
         if self.discount_head is not None:
             logits = self.discount_head(feat).squeeze(-1).float()
             disc_loss = F.binary_cross_entropy_with_logits(logits, batch["discount"].float())

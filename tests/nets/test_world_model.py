@@ -6,11 +6,13 @@ from torch.distributions import Normal, kl_divergence
 
 from coworld.config import load_config
 from coworld.nets import RSSM, Decoder, Encoder, GRUCell, WorldModel, preprocess
-from coworld.nets.world_model import gaussian_nll, gaussian_std, kl_balance, mlp, straight_through_onehot
+from coworld.nets.world_model import (
+    gaussian_nll, gaussian_std, kl_balance, mlp, spatial_softmax_xy, straight_through_onehot,
+)
 
 SMALL = [
     "model.depth=4", "model.deter=16", "model.hidden=16", "model.stoch=4", "model.classes=3",
-    "model.units=16",
+    "model.units=16", "model.keypoints=0",  # DreamerV2's encoder; the keypoint tests switch them on
 ]
 
 
@@ -276,6 +278,47 @@ def test_is_first_resets_state_inside_window(latent):
     # the state after a reset is the zero state stepped with a zero action
     zero = rssm.initial(1, "cpu")
     assert torch.allclose(post_a["deter"][:, 2], rssm.deter_step(zero, torch.zeros(1, 2)))
+
+
+def test_spatial_softmax_xy_hand_values():
+    h = torch.full((1, 2, 3, 5), -1e4)
+    h[0, 0, 2, 4] = 0.0  # channel 0: one peak at the bottom-right cell
+    h[0, 1, 0, 0] = h[0, 1, 0, 2] = 0.0  # channel 1: two equal peaks in the top row, columns 0 and 2
+    # columns sit at x = -1, -0.5, 0, 0.5, 1 and rows at y = -1, 0, 1; the output is (x0, x1, y0, y1)
+    assert torch.allclose(spatial_softmax_xy(h), torch.tensor([[1.0, -0.5, 1.0, -1.0]]))
+    flat = torch.zeros(1, 1, 3, 5)  # a uniform map: the centre
+    assert torch.allclose(spatial_softmax_xy(flat), torch.zeros(1, 2), atol=1e-6)
+
+
+def test_encoder_keypoints_append_to_the_unchanged_embedding():
+    torch.manual_seed(0)
+    plain = Encoder(4)
+    torch.manual_seed(0)
+    keyed = Encoder(4, keypoints=1, temp=5.0)
+    x = torch.rand(2, 3, 3, 64, 64) - 0.5
+    out = keyed(x)
+    assert keyed.keypoint_dim == 8 and out.shape == (2, 3, 4 * 8 * 2 * 2 + 8)
+    assert torch.allclose(out[..., :-8], plain(x), atol=1e-6)  # same weights, same conv embedding
+    first = torch.nn.functional.elu(keyed.net[0](x.reshape(-1, 3, 64, 64)))  # conv layer 1: 4 channels, 31 x 31
+    assert torch.allclose(out[..., -8:].reshape(6, 8), spatial_softmax_xy(5.0 * first), atol=1e-5)
+
+
+def test_world_model_loss_adds_the_keypoint_term():
+    cfg = small_cfg("model.keypoints=2", "model.keypoint_scale=3")
+    wm = WorldModel(cfg, 3)
+    assert WorldModel(small_cfg("model.keypoints=2", "model.keypoint_scale=0"), 3).keypoint_head is None  # no weight, no head
+    batch = {
+        "image": torch.randint(0, 256, (2, 4, 64, 64, 3), dtype=torch.uint8),
+        "action": torch.rand(2, 4, 3) * 2 - 1, "reward": torch.randn(2, 4),
+        "discount": torch.ones(2, 4), "is_first": torch.zeros(2, 4, dtype=torch.bool),
+    }
+    loss, out, metrics = wm.loss(batch)
+    target = out["embed"][..., -16:]  # layer 2 has 2d = 8 channels
+    ref = gaussian_nll(wm.keypoint_head(out["feat"]), target, event_dims=1).mean()
+    assert metrics["model/keypoint_loss"].item() == pytest.approx(ref.item(), rel=1e-5)
+    parts = (metrics["model/image_loss"] + metrics["model/reward_loss"] + metrics["model/kl_loss"]
+             + 3 * metrics["model/keypoint_loss"])
+    assert loss.item() == pytest.approx(parts.item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("latent", ["gaussian", "discrete"])
