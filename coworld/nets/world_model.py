@@ -509,7 +509,8 @@ class WorldModel(nn.Module):
         m = cfg.model
         self.cfg = m
         self.obs_key = "state" if state_dim else "image"
-        self.encoder = StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim else Encoder(m.depth, m.conv_remat, m.keypoints, m.keypoint_temp)
+        self.encoder = (StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim
+                        else Encoder(m.depth, m.conv_remat, m.keypoints, m.keypoint_temp))
         self.rssm = RSSM(m, action_dim, self.encoder.out_dim, heads=max(1, m.ensemble))
         self.feat_dim = self.rssm.stoch_dim + m.deter
         self.decoder = StateDecoder(self.feat_dim, state_dim, m.units) if state_dim else Decoder(self.feat_dim, m.depth)

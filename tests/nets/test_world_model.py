@@ -306,7 +306,8 @@ def test_encoder_keypoints_append_to_the_unchanged_embedding():
 def test_world_model_loss_adds_the_keypoint_term():
     cfg = small_cfg("model.keypoints=2", "model.keypoint_scale=3")
     wm = WorldModel(cfg, 3)
-    assert WorldModel(small_cfg("model.keypoints=2", "model.keypoint_scale=0"), 3).keypoint_head is None  # no weight, no head
+    no_weight = small_cfg("model.keypoints=2", "model.keypoint_scale=0")
+    assert WorldModel(no_weight, 3).keypoint_head is None
     batch = {
         "image": torch.randint(0, 256, (2, 4, 64, 64, 3), dtype=torch.uint8),
         "action": torch.rand(2, 4, 3) * 2 - 1, "reward": torch.randn(2, 4),
