@@ -120,7 +120,12 @@ class Encoder(nn.Module):
         self.keypoint_dim = 2 * chans[keypoints] if keypoints else 0
         if keypoints:
             self.log_temp = nn.Parameter(torch.full((chans[keypoints], 1, 1), math.log(temp)))
-        self.out_dim = 8 * depth * 2 * 2 + self.keypoint_dim
+        self.out_dim = self.size(depth, keypoints)
+
+    @staticmethod
+    def size(depth: int, keypoints: int = 0) -> int:
+        """E: the last layer's 8d x 2 x 2 map, plus 2 numbers per channel of layer ``keypoints`` (d 2^(k-1))."""
+        return 32 * depth + (2 * depth * 2 ** (keypoints - 1) if keypoints else 0)
 
     def _embed(self, x: Tensor) -> Tensor:
         """(N, 3, 64, 64) -> (N, E): the last layer's map flattened, then the keypoints if any."""
@@ -509,7 +514,7 @@ class WorldModel(nn.Module):
         m = cfg.model
         self.cfg = m
         self.obs_key = "state" if state_dim else "image"
-        self.encoder = (StateEncoder(state_dim, 32 * m.depth, m.units) if state_dim
+        self.encoder = (StateEncoder(state_dim, Encoder.size(m.depth, m.keypoints), m.units) if state_dim
                         else Encoder(m.depth, m.conv_remat, m.keypoints, m.keypoint_temp))
         self.rssm = RSSM(m, action_dim, self.encoder.out_dim, heads=max(1, m.ensemble))
         self.feat_dim = self.rssm.stoch_dim + m.deter
