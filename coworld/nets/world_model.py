@@ -117,14 +117,14 @@ class Encoder(nn.Module):
             layers += [nn.Conv2d(cin, cout, 4, stride=2), nn.ELU(inplace=True)]
         self.net = nn.Sequential(*layers)
         self.keypoints = keypoints  # k > 0: keypoints of conv layer k appended (docs/algorithms.md#world-model)
-        self.keypoint_dim = 2 * chans[keypoints] if keypoints else 0
+        self.keypoint_dim = self.size(depth, keypoints) - self.size(depth)
         if keypoints:
             self.log_temp = nn.Parameter(torch.full((chans[keypoints], 1, 1), math.log(temp)))
         self.out_dim = self.size(depth, keypoints)
 
     @staticmethod
     def size(depth: int, keypoints: int = 0) -> int:
-        """E: the last layer's 8d x 2 x 2 map, plus 2 numbers per channel of layer ``keypoints`` (d 2^(k-1))."""
+        """E: the last layer's 8d x 2 x 2 map, plus (x, y) per channel of layer ``keypoints`` (d 2^(k-1) channels)."""
         return 32 * depth + (2 * depth * 2 ** (keypoints - 1) if keypoints else 0)
 
     def _embed(self, x: Tensor) -> Tensor:
@@ -523,7 +523,7 @@ class WorldModel(nn.Module):
         self.discount_head = (
             mlp(self.feat_dim, 1, m.units, m.discount_layers) if m.discount_head else None
         )
-        kp = getattr(self.encoder, "keypoint_dim", 0)
+        kp = 0 if state_dim else self.encoder.keypoint_dim
         self.keypoint_head = mlp(self.feat_dim, kp, m.units, STATE_LAYERS) if kp and m.keypoint_scale else None
         if m.init == "glorot":
             glorot_init(self)

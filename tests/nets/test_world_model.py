@@ -303,6 +303,15 @@ def test_encoder_keypoints_append_to_the_unchanged_embedding():
     assert torch.allclose(out[..., -8:].reshape(6, 8), spatial_softmax_xy(5.0 * first), atol=1e-5)
 
 
+def test_encoder_size_by_hand_and_the_state_encoder_matches_it():
+    # depth 8: the last map 64 x 2 x 2 = 256; layers 1..4 have 8, 16, 32, 64 channels, 2 numbers each
+    assert [Encoder.size(8, k) for k in range(5)] == [256, 272, 288, 320, 384]
+    for k in range(5):
+        assert Encoder(8, keypoints=k).out_dim == Encoder.size(8, k)
+    state_model = WorldModel(small_cfg("model.keypoints=1", "model.keypoint_scale=1"), 2, state_dim=6)
+    assert state_model.encoder.out_dim == 4 * 32 + 2 * 4 and state_model.keypoint_head is None
+
+
 def test_world_model_loss_adds_the_keypoint_term():
     cfg = small_cfg("model.keypoints=2", "model.keypoint_scale=3")
     wm = WorldModel(cfg, 3)
