@@ -129,6 +129,8 @@ class TrainConfig:
     expl_noise: float = 0.0  # extra Gaussian exploration noise on collected actions
     eval_every: int = 10000  # agent steps (online) or updates (offline) between evaluations
     eval_episodes: int = 10  # episodes per evaluation (actor's mean action)
+    eval_envs: int = 10  # environments an evaluation steps in lockstep, the policy acting on all at once (at most
+    # eval_episodes; 1 = one episode after another): the same episode seeds either way
     value_steps: int = 50  # Fig. 5b: first N states of each evaluation episode whose critic values are
     #   compared with the discounted rewards actually obtained from them (docs/algorithms.md)
     log_every: int = 1000  # agent steps (online) or updates (offline) between scalar logs

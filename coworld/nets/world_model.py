@@ -410,12 +410,15 @@ class RSSM(nn.Module):
     def _select_head(self, deter: Tensor, head: Tensor) -> Tensor:
         """``prior_heads[head](deter)`` for a 0-d index tensor: the members' weights are stacked and
         indexed, so the value is the chosen member's (the same ops on the same numbers)."""
+        index = head.reshape(1)  # index_select, not [head]: inductor cannot index by a 0-d tensor without a host sync
+
+        def member(layers, name):
+            return torch.stack([getattr(m, name) for m in layers]).index_select(0, index)[0]
+
         first = [h[0] for h in self.prior_heads]
         last = [h[2] for h in self.prior_heads]
-        x = F.linear(deter, torch.stack([m.weight for m in first])[head],
-                     torch.stack([m.bias for m in first])[head])
-        x = self.prior_heads[0][1](x)
-        return F.linear(x, torch.stack([m.weight for m in last])[head], torch.stack([m.bias for m in last])[head])
+        x = self.prior_heads[0][1](F.linear(deter, member(first, "weight"), member(first, "bias")))
+        return F.linear(x, member(last, "weight"), member(last, "bias"))
 
     def img_step(self, state: dict, action: Tensor, head: int | Tensor = 0) -> dict[str, Tensor]:
         """One prior step: (s_{t-1}, a_t) -> s_t."""

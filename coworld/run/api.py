@@ -164,7 +164,7 @@ def evaluate(run, *, episodes: int = 10, env: str | None = None, seed: int = 123
     action for ``episodes`` episodes; writes RUN/eval/eval-<updates>.json (or ``out``) and returns it."""
     from coworld.run.driver import evaluate as run_episodes
     from coworld.run.session import close_tracked
-    from coworld.run.train import make_env, summarize
+    from coworld.run.train import make_eval_envs, summarize
 
     if episodes <= 0:
         raise UserError("--episodes must be positive")
@@ -174,7 +174,7 @@ def evaluate(run, *, episodes: int = 10, env: str | None = None, seed: int = 123
         env_id = env or env_id
         if not env_id:
             raise UserError(f"{run_dir} was trained without an environment to evaluate on; pass --env ID")
-        result = run_episodes(agent, make_env(cfg, env_id), episodes=episodes, seed=seed, video=video)
+        result = run_episodes(agent, make_eval_envs(cfg, env_id, episodes), episodes=episodes, seed=seed, video=video)
     finally:
         close_tracked()
     stats = summarize(result["returns"])

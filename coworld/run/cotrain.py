@@ -59,7 +59,7 @@ from coworld.data.replay import Replay
 from coworld.run.driver import Collector
 from coworld.run.session import Session
 from coworld.run.loop import BaseTrainer, run_loop
-from coworld.run.train import check_dataset, log_openloop, make_env, run_evaluation, updates_due
+from coworld.run.train import check_dataset, log_openloop, make_env, make_eval_envs, run_evaluation, updates_due
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,7 @@ class CoWorldTrainer(BaseTrainer):
         decay length, the evaluation env, the progress total, the counters, the checkpointed parts."""
         # eta's linear decay runs over the source steps of the reward-alignment stage
         self.align_steps = sum(p.length for p in self.schedule if p.kind == "source" and p.align)
-        self.eval_env = make_env(self.cfg, target_env) if target_env else None
+        self.eval_env = make_eval_envs(self.cfg, target_env) if target_env else None
         self.total_units = sum(p.length * p.cost for p in self.schedule)
         self.session.total = self.total_units
         self.counters = {"phase": 0, "done": 0, "units": 0, "selected": 0, "target_updates": 0, "evals": 0,

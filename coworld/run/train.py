@@ -34,6 +34,13 @@ def make_env(cfg, env_id: str, seed: int | None = None):
     return track(envs.make(env_id, image_size=cfg.env.image_size, seed=seed, **opts))
 
 
+def make_eval_envs(cfg, env_id: str, episodes: int | None = None) -> list:
+    """The environments an evaluation steps in lockstep: ``train.eval_envs`` of them, no more than
+    the episodes of one evaluation (``episodes``, default ``train.eval_episodes``)."""
+    n = max(1, min(cfg.train.eval_envs, episodes or cfg.train.eval_episodes))
+    return [make_env(cfg, env_id) for _ in range(n)]
+
+
 def check_image_size(cfg) -> None:
     if cfg.env.image_size != MODEL_IMAGE:
         raise UserError(f"env.image_size is {cfg.env.image_size} but the world model takes "
@@ -161,7 +168,7 @@ class OnlineTrainer(BaseTrainer):
     def __init__(self, session: Session, agent, env_id: str):
         cfg = self.cfg = session.cfg
         self.session, self.agent = session, agent
-        self.env, self.eval_env = make_env(cfg, env_id), make_env(cfg, env_id)
+        self.env, self.eval_env = make_env(cfg, env_id), make_eval_envs(cfg, env_id)
         self.replay = Replay(session.dir / "replay", seed=cfg.seed, readonly=False)
         self.collector = Collector(self.env, self.replay, seed=cfg.seed, action_dim=agent.action_dim)
         self.components = {"agent": agent, "replay": self.replay, "collector": self.collector}
@@ -218,7 +225,7 @@ class OfflineTrainer(BaseTrainer):
         cfg = self.cfg = session.cfg
         self.session, self.agent = session, agent
         self.replay = Replay(dataset, seed=cfg.seed)
-        self.eval_env = make_env(cfg, env_id) if env_id else None
+        self.eval_env = make_eval_envs(cfg, env_id) if env_id else None
         self.components = {"agent": agent, "replay": self.replay}
         self.counters: dict = {}
 

@@ -87,3 +87,63 @@ def test_overestimation_and_diagnostics_discount_with_the_critics_own_gamma(monk
     replay = SimpleNamespace(sample=lambda *a, **k: {})
     train.log_openloop(session, lompo, replay, 0)
     assert seen[-1] == 0.7
+
+
+class _CountEnv:
+    """Episode length 3 + seed % 5; even seeds terminate, odd ones are cut by a time limit. The frame
+    holds the step count; reward = action + step; success once the step count reaches 4."""
+
+    def reset(self, seed):
+        self.t, self.end, self.terminal = 0, 3 + seed % 5, seed % 2 == 0
+        return self._obs(), {}
+
+    def _obs(self):
+        return {"image": np.full((2, 2, 1), self.t, np.uint8)}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.end
+        info = {"success": self.t >= 4}
+        return self._obs(), float(action[0]) + self.t, done and self.terminal, done and not self.terminal, info
+
+
+class _SumAgent:
+    """Deterministic: acts with frame / 10, carries the sum of the frames seen since the first, values it twice."""
+
+    def initial_policy_state(self, n):
+        return np.zeros(n)
+
+    def act(self, obs, state, is_first, explore):
+        frame = obs["image"].reshape(len(state), -1)[:, 0].astype(np.float64)
+        state = np.where(is_first, 0.0, state) + frame
+        return (frame[:, None] / 10).astype(np.float32), state
+
+    def policy_value(self, state):
+        return 2.0 * state
+
+
+def test_lockstep_evaluation_equals_one_episode_after_another():
+    """K environments in lockstep give each episode its own seed, return, length, success, video frames
+    and Fig. 5b values (bootstrap of time-limit cuts included) exactly as one env does, for a number of
+    episodes that K does not divide and episodes of different lengths."""
+    from coworld.run.driver import episode_seed, evaluate
+
+    kw = dict(episodes=7, seed=3, video=True, gamma=0.5, value_steps=2)
+    one = evaluate(_SumAgent(), _CountEnv(), **kw)
+    three = evaluate(_SumAgent(), [_CountEnv() for _ in range(3)], **kw)
+    lengths = [3 + episode_seed(3, 1_000_000 + i) % 5 for i in range(7)]
+    assert one["lengths"] == lengths and len(set(lengths)) > 1
+    for key in ("returns", "lengths", "successes", "value_estimate", "true_return"):
+        assert np.allclose(one[key], three[key]), key
+    assert np.array_equal(one["frames"], three["frames"]) and len(one["frames"]) == lengths[0] + 1
+    # by hand: actions t / 10 at frames t = 0 .. T - 1, rewards t / 10 + (t + 1); values 2 * (0 + ... + t);
+    # a time-limit cut (odd seed) bootstraps with the value of the final state, 2 * (0 + ... + T)
+    for i, T in enumerate(lengths):
+        rewards = [t / 10 + t + 1 for t in range(T)]
+        assert np.isclose(one["returns"][i], sum(rewards)) and one["successes"][i] == float(T >= 4)
+        g, acc = [], (2.0 * sum(range(T + 1)) if episode_seed(3, 1_000_000 + i) % 2 else 0.0)
+        for r in reversed(rewards):
+            acc = r + 0.5 * acc
+            g.insert(0, acc)
+        assert np.isclose(one["value_estimate"][i], 1.0)  # mean of 2 * 0 and 2 * (0 + 1)
+        assert np.isclose(one["true_return"][i], np.mean(g[:2]))
