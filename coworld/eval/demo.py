@@ -98,8 +98,9 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             offline = "dataset" in algo.needs
             args += ["--steps", str(updates if offline else source_steps)]
             # about 6 evaluations per run: offline runs count updates, co-training runs progress units
-            # (a target update is train_every units)
-            every = updates // 6 if offline else updates // 6 * load_config(preset).train.train_every
+            # (a target update is train_every units); rounded up, so that the last periodic evaluation
+            # is not a few updates before the final one
+            every = -(-updates // 6) * (1 if offline else load_config(preset).train.train_every)
             extra = extra_settings(algo) + [f"train.eval_every={every}"]
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra), [])

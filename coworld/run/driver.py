@@ -262,8 +262,8 @@ def _lockstep(agent, envs: list, indices, seed: int, gamma: float | None, value_
                 awaiting_value[j] = gamma is not None and not terminated
                 if frames is not None and j == 0:
                     frames.append(obs[0]["image"])
-    for r in out:
-        if gamma is not None:
+    if gamma is not None:
+        for r in out:
             r["estimate"], r["truth"] = value_overestimation(r["values"], r["rewards"], gamma, value_steps,
                                                              r["bootstrap"])
     return out
