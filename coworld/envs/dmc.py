@@ -33,7 +33,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from coworld.envs.mujoco_base import MujocoEnv, check_task, register_suite
-from coworld.envs.rendering import apply_fast_render, setup_gl
+from coworld.envs.rendering import apply_fast_render, make_dm_control_context_current, setup_gl
 from coworld.errors import MissingDependency, UserError
 
 TILT_DEGREES = 15.0
@@ -193,6 +193,9 @@ class DMCEnv(MujocoEnv):
             self.background.advance()
         reward = float(time_step.reward or 0.0)
         return self.observe(flat_state(time_step), render), reward, False, False, {}
+
+    def make_gl_context_current(self) -> None:
+        make_dm_control_context_current(self.physics)
 
     def render_frame(self) -> np.ndarray:
         size = self.image_size

@@ -99,6 +99,9 @@ class MetaWorldEnv(MujocoEnv):
             reward = float(success)
         return self.observe(state, render), float(reward), False, False, {"success": success}
 
+    def make_gl_context_current(self) -> None:
+        self._env.mujoco_renderer._get_viewer("rgb_array").make_context_current()
+
     def render_frame(self) -> np.ndarray:
         return np.ascontiguousarray(self._env.render()[::-1])  # upright: flip the rows
 

@@ -87,15 +87,35 @@ class MujocoEnv(gymnasium.Env):
     def observe(self, state: np.ndarray, render: bool = True) -> dict:
         """The observation of the current state; the frame is drawn only when ``render``."""
         if self.obs_mode == "image":
-            self._image = self.render_frame() if render else None
+            self._image = self._draw() if render else None
         return {"image": self._image, "state": np.asarray(state, np.float32)}
 
     def render(self) -> np.ndarray:
         """The frame of the current state (all zeros with ``obs="state"``)."""
         if self._image is None:
-            self._image = self.render_frame()
+            self._image = self._draw()
         return self._image
+
+    def _draw(self) -> np.ndarray:
+        """``render_frame`` with this env's OpenGL context made current first.
+
+        Each env renders through its own context, but neither renderer makes its context current
+        before every frame: gymnasium's (Meta-World) only does so when one env has several render
+        modes, and dm_control (DMC, RoboDesk) skips the switch when its own bookkeeping says its
+        context is already current, which a gymnasium renderer can have changed behind its back. With
+        two envs in one process (CoWorld's source and target, the evaluation's lockstep envs) a frame
+        was then drawn with the other env's context: a Meta-World button-press frame drawn beside a
+        drawer-close env differed from the same frame drawn alone by up to 211 of 255, and a DMC frame
+        drawn after a Meta-World one came out black. Switching before every frame, rather than only
+        when another env drew last, also covers contexts made current by creating an env.
+        """
+        self.make_gl_context_current()
+        return self.render_frame()
 
     def render_frame(self) -> np.ndarray:
         """Draw the current state: (S, S, 3) uint8."""
+        raise NotImplementedError
+
+    def make_gl_context_current(self) -> None:
+        """Make the OpenGL context this env renders with current on this thread (each suite's own)."""
         raise NotImplementedError

@@ -67,3 +67,12 @@ def apply_fast_render(model) -> None:
     """
     model.vis.quality.shadowsize = FAST_SHADOWSIZE
     model.vis.quality.offsamples = FAST_OFFSAMPLES
+
+
+def make_dm_control_context_current(physics) -> None:
+    """Make a dm_control ``Physics``' OpenGL context current, even where dm_control believes it
+    already is (a gymnasium renderer may have switched contexts since; mujoco_base ``_draw``)."""
+    gl = physics.contexts.gl
+    with gl.make_current() as ctx:
+        ctx.call(gl._platform_make_current)
+

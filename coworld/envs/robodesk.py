@@ -30,7 +30,7 @@ import os
 import numpy as np
 
 from coworld.envs.mujoco_base import MujocoEnv, check_task, register_suite
-from coworld.envs.rendering import apply_fast_render, setup_gl
+from coworld.envs.rendering import apply_fast_render, make_dm_control_context_current, setup_gl
 from coworld.errors import MissingDependency
 
 ASSETS = os.path.join(os.path.dirname(__file__), "_vendor", "robodesk", "assets")
@@ -157,6 +157,9 @@ class RoboDeskEnv(MujocoEnv):
             self.physics.named.data.site_xpos["end_effector"],
             data.qpos[ARM_JOINTS:], data.qvel[ARM_JOINTS:],
         ]).astype(np.float32)
+
+    def make_gl_context_current(self) -> None:
+        make_dm_control_context_current(self.physics)
 
     def render_frame(self) -> np.ndarray:
         frame = self._camera.render()[CROP_BOX[1]:CROP_BOX[3], CROP_BOX[0]:CROP_BOX[2]]
