@@ -1,9 +1,11 @@
 import io
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import coworld.algos.dreamer as dreamer_module
 from coworld.algos import DreamerAgent, lambda_return
 from coworld.algos.dreamer import discount_weights
 from coworld.config import load_config
@@ -267,3 +269,25 @@ def test_imagination_chunk_must_not_be_negative():
     from coworld.config import ConfigError
     with pytest.raises(ConfigError, match="imag_chunk"):
         load_config("tiny", ["behaviour.imag_chunk=-1"])
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_once(tmp_path, monkeypatch):
+    """cpu_has_bf16 reads the flags line; warn_slow_bf16 warns only for bf16 on such a CPU."""
+    def cpuinfo(text):
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        return str(path)
+
+    assert dreamer_module.cpu_has_bf16(cpuinfo("processor\t: 0\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n")) is True
+    assert dreamer_module.cpu_has_bf16(cpuinfo("flags\t\t: fpu avx2 amx_bf16 amx_tile\n")) is True
+    assert dreamer_module.cpu_has_bf16(cpuinfo("flags\t\t: fpu avx avx2 fma\n")) is False
+    assert dreamer_module.cpu_has_bf16(cpuinfo("processor\t: 0\n")) is None
+    assert dreamer_module.cpu_has_bf16(str(tmp_path / "missing")) is None
+    for has, device, amp, warns in [(False, "cpu", "bf16", True), (True, "cpu", "bf16", False),
+                                    (None, "cpu", "bf16", False), (False, "cpu", "none", False),
+                                    (False, "meta", "bf16", False)]:
+        monkeypatch.setattr(dreamer_module, "cpu_has_bf16", lambda has=has: has)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dreamer_module.warn_slow_bf16(torch.device(device), amp)
+        assert len([w for w in caught if "bf16 is emulated" in str(w.message)]) == int(warns), (has, device, amp)
