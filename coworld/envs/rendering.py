@@ -75,4 +75,3 @@ def make_dm_control_context_current(physics) -> None:
     gl = physics.contexts.gl
     with gl.make_current() as ctx:
         ctx.call(gl._platform_make_current)
-
