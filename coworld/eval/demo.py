@@ -206,7 +206,7 @@ def main(args) -> int:
     parallel = args.parallel
     if parallel is None:
         parallel, cores, load = free_cores()
-        print(f"demo: {parallel} runs at a time ({cores} cores, load average {load:.1f}); --parallel to choose",
+        print(f"demo: {parallel} runs at a time ({cores} cores, {load:.1f} busy with other jobs); --parallel to choose",
               flush=True)
     run_jobs(todo, parallel)
     runs: dict[str, list[Path]] = {}

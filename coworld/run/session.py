@@ -104,18 +104,41 @@ def active_session() -> "Session | None":
     return session if session is not None and not session.closed else None
 
 
+def busy_cores(seconds: float = 0.3, stat: str = "/proc/stat") -> float | None:
+    """How many cores the machine kept busy over the next ``seconds`` (the non-idle share of the
+    ``cpu`` line of /proc/stat times the CPU count); None where /proc/stat cannot be read."""
+    def read() -> tuple[int, int]:
+        with open(stat) as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+    try:
+        busy0, total0 = read()
+        time.sleep(seconds)
+        busy1, total1 = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+
+
 def free_cores() -> tuple[int, int, float]:
-    """(threads to use, cores this process may run on, 1-minute load average): the cores minus the
-    load other jobs put on them, rounded, at least 1. What ``train.threads = 0`` resolves to."""
+    """(threads to use, cores this process may run on, cores busy with other jobs): the cores minus
+    the busy ones, rounded, at least 1. What ``train.threads = 0`` resolves to. "Busy" is measured
+    now (:func:`busy_cores`), not the 1-minute load average, which lags: just after a test run ended it
+    still read 0.6 on an idle 2-core machine and left the demo one core. The load average is the
+    fallback where /proc/stat is missing."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    return max(1, min(cores, round(cores - load))), cores, load
+    busy = busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            busy = 0.0
+    return max(1, min(cores, round(cores - busy))), cores, busy
 
 
 def keep_freed_memory(mode: str) -> bool:
@@ -355,8 +378,8 @@ class Session:
             if not cfg.train.threads:
                 # chosen once, recorded in config.json: a resumed run keeps it (bit-exact resume)
                 cfg.train.threads, cores, load = free_cores()
-                print(f"[threads] train.threads=0: using {cfg.train.threads} of {cores} cores (load average "
-                      f"{load:.1f}); set train.threads to fix it", flush=True)
+                print(f"[threads] train.threads=0: using {cfg.train.threads} of {cores} cores ({load:.1f} busy "
+                      f"with other jobs); set train.threads to fix it", flush=True)
             write_text_atomic(config_file, self.cfg.to_json(), note=self._disk_note())
         write_text_atomic(run_file, json.dumps(run_args, indent=2, sort_keys=True), note=self._disk_note())
         # Optimiser settings come from the config, not the checkpoint, once the run has been changed.

@@ -114,13 +114,29 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert "other settings" in proc.stderr and "builtin:wall" in proc.stderr
 
 
-def test_free_cores_counts_the_load_of_other_jobs(monkeypatch):
+def test_free_cores_counts_the_cores_other_jobs_keep_busy(monkeypatch):
     from coworld.run import session
 
     monkeypatch.setattr(session.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    for load, want in ((0.0, 4), (1.4, 3), (2.6, 1), (10.0, 1)):
-        monkeypatch.setattr(session.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
-        assert session.free_cores() == (want, 4, load)
+    monkeypatch.setattr(session.os, "getloadavg", lambda: (3.0, 0.0, 0.0))  # lagging: not used when busy is known
+    for busy, want in ((0.0, 4), (1.4, 3), (2.6, 1), (10.0, 1)):
+        monkeypatch.setattr(session, "busy_cores", lambda busy=busy: busy)
+        assert session.free_cores() == (want, 4, busy)
+    monkeypatch.setattr(session, "busy_cores", lambda: None)  # no /proc/stat: the load average
+    assert session.free_cores() == (1, 4, 3.0)
+
+
+def test_busy_cores_reads_the_non_idle_share_of_proc_stat(tmp_path, monkeypatch):
+    """Two reads of the cpu line 0.3 s apart: (busy ticks) / (all ticks) x CPU count; idle and iowait are idle."""
+    from coworld.run import session
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n")
+    # 0.3 s later: +60 user, +20 system (busy 80), +100 idle, +20 iowait: 200 ticks, 40% busy
+    monkeypatch.setattr(session.time, "sleep", lambda s: stat.write_text("cpu  160 0 70 900 70 0 0 0 0 0\n"))
+    monkeypatch.setattr(session.os, "cpu_count", lambda: 2)
+    assert session.busy_cores(stat=str(stat)) == 0.4 * 2
+    assert session.busy_cores(stat=str(tmp_path / "missing")) is None
 
 
 def test_threads_zero_is_resolved_once_and_recorded(tmp_path):
