@@ -25,9 +25,12 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _one_thread(monkeypatch):
-    """In-process runs with train.threads=0 see every other core as busy, so they pick one thread whatever
-    the machine's load (two runs of one test must not differ in thread count); torch is back to one thread
-    after each test."""
+    """In-process runs with train.threads=0 see every other core as busy (both the measured busy cores and
+    the load average), so they pick one thread whatever the machine's load (two runs of one test must not
+    differ in thread count); torch is back to one thread after each test."""
+    from coworld.run import session
+
+    monkeypatch.setattr(session, "busy_cores", lambda *args, **kwargs: 1e9)
     monkeypatch.setattr(os, "getloadavg", lambda: (1e9, 1e9, 1e9), raising=False)
     yield
     torch.set_num_threads(1)

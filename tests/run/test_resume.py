@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from coworld.run.checkpoint import load_checkpoint
+from coworld.run.session import busy_cores as REAL_BUSY_CORES  # captured before conftest replaces it
 
 SMALL = [
     "model.depth=4", "model.stoch=4", "model.deter=16", "model.hidden=16", "model.units=16",
@@ -130,13 +131,14 @@ def test_busy_cores_reads_the_non_idle_share_of_proc_stat(tmp_path, monkeypatch)
     """Two reads of the cpu line 0.3 s apart: (busy ticks) / (all ticks) x CPU count; idle and iowait are idle."""
     from coworld.run import session
 
+    busy_cores = REAL_BUSY_CORES  # tests/conftest.py replaces session.busy_cores in every test
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 1 2 3\n")
     # 0.3 s later: +60 user, +20 system (busy 80), +100 idle, +20 iowait: 200 ticks, 40% busy
     monkeypatch.setattr(session.time, "sleep", lambda s: stat.write_text("cpu  160 0 70 900 70 0 0 0 0 0\n"))
     monkeypatch.setattr(session.os, "cpu_count", lambda: 2)
-    assert session.busy_cores(stat=str(stat)) == 0.4 * 2
-    assert session.busy_cores(stat=str(tmp_path / "missing")) is None
+    assert busy_cores(stat=str(stat)) == 0.4 * 2
+    assert busy_cores(stat=str(tmp_path / "missing")) is None
 
 
 def test_threads_zero_is_resolved_once_and_recorded(tmp_path):
