@@ -216,7 +216,7 @@ def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False, gamma
                 results[i] = result
     out = {"returns": [r["return"] for r in results], "lengths": [r["length"] for r in results]}
     if any(r["success"] is not None for r in results):
-        out["successes"] = [float(bool(r["success"])) for r in results if r["success"] is not None]
+        out["successes"] = [float(r["success"]) for r in results if r["success"] is not None]
     if video:
         out["frames"] = np.stack(frames)
     if gamma is not None:
