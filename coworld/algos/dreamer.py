@@ -61,7 +61,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether the CPU lists bf16 matrix instructions (AVX512-BF16 or AMX-BF16); None where unknown."""
     try:
-        flags = next((line for line in open(cpuinfo) if line.startswith("flags")), "").split()
+        with open(cpuinfo) as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
     except OSError:
         return None
     return ("avx512_bf16" in flags or "amx_bf16" in flags) if flags else None
