@@ -174,7 +174,7 @@ class SourceWorker:
     source (:func:`state_source`) the agent is a :class:`StateSourceAgent` and the replay samples ``state``."""
 
     def __init__(self, index: int, env_id: str, cfg: Config, run_dir: Path, device, target_dim: int,
-                 agent_dim: int | None = None):
+                 agent_dim: int | None = None, agent_cls=None):
         self.env_id = env_id
         self.env = make_env(source_config(cfg), env_id)
         self.action_dim = envs.spec(env_id).action_dim
@@ -182,7 +182,7 @@ class SourceWorker:
         if self.state_dim:
             self.agent = StateSourceAgent(cfg, agent_dim or self.action_dim, self.state_dim, device=device)
         else:
-            self.agent = DreamerAgent(cfg, agent_dim or self.action_dim, device=device)
+            self.agent = (agent_cls or DreamerAgent)(cfg, agent_dim or self.action_dim, device=device)
         self.policy = ActionSlice(self.agent, self.action_dim) if agent_dim else self.agent
         self.replay = Replay(run_dir / f"replay-source{index}", seed=cfg.seed + 101 * (index + 1), readonly=False,
                              extra_keys=("state",) if self.state_dim else ())
@@ -211,6 +211,8 @@ class CoWorldTrainer(BaseTrainer):
     """CoWorld (``finetune=False``) or DV2 Finetune (``finetune=True``, one source; ``ewc=True``: with
     the EWC penalty, docs/algorithms.md#dv2-finetune-ewc)."""
 
+    finetune_agent = DreamerAgent  # the one agent of the finetuning baselines (LOMPO Finetune: LompoAgent)
+
     def __init__(self, session: Session, source_ids: list[str], target_dataset: str, target_env: str | None,
                  finetune: bool = False, ewc: bool = False):
         self.session = session
@@ -229,7 +231,7 @@ class CoWorldTrainer(BaseTrainer):
         if finetune:  # one agent, pretrained in the source then finetuned: actions padded to the larger space
             self.joint_dim = max(self.target_dim, envs.spec(source_ids[0]).action_dim)
             self.sources = [SourceWorker(0, source_ids[0], cfg, session.dir, device, self.target_dim,
-                                         agent_dim=self.joint_dim)]
+                                         agent_dim=self.joint_dim, agent_cls=self.finetune_agent)]
             self.target = self.sources[0].agent
             self.policy = ActionSlice(self.target, self.target_dim)
             self.schedule = finetune_schedule(cfg, session.total, self.min_prefill())

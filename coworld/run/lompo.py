@@ -18,18 +18,12 @@ from coworld.run.session import Session
 
 
 class LompoFinetuneTrainer(CoWorldTrainer):
-    def __init__(self, session: Session, source_ids: list[str], target_dataset: str, target_env: str | None):
-        super().__init__(session, source_ids, target_dataset, target_env, finetune=True)
-        src = self.sources[0]  # the base class built a DreamerV2 agent here: replaced by LOMPO's
-        src.agent = LompoAgent(self.cfg, self.joint_dim, device=session.device)
-        src.policy = ActionSlice(src.agent, src.action_dim)
-        self.target = src.agent
-        self.policy = ActionSlice(self.target, self.target_dim)
-        self.components = self.checkpointed()
+    finetune_agent = LompoAgent
 
 
 def train_lompo_finetune(session: Session, inputs: dict) -> int:
-    return LompoFinetuneTrainer(session, inputs["source"], inputs["target_dataset"], inputs.get("target_env")).run()
+    return LompoFinetuneTrainer(session, inputs["source"], inputs["target_dataset"], inputs.get("target_env"),
+                                finetune=True).run()
 
 
 def evaluation_agent(run_args: dict, cfg: Config, state: dict):

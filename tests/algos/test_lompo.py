@@ -237,3 +237,25 @@ def test_lompo_finetune_resumes_bit_identically_and_evaluates(tmp_path, target_d
     run(tmp_path / "cut", 80, algo, sets)
     assert_same_state(tmp_path / "ref", tmp_path / "cut")
     assert main(["eval", str(tmp_path / "ref"), "--episodes", "1"]) == 0
+
+
+def test_lompo_finetune_builds_only_the_lompo_agent(tmp_path, target_data, monkeypatch):
+    """The finetuning trainer makes its one agent a LompoAgent directly (no DreamerV2 agent is built
+    and thrown away, which would also draw from the seed's random stream)."""
+    import coworld
+    from coworld.run import cotrain, lompo
+
+    def no_dreamer(*args, **kwargs):
+        raise AssertionError("a DreamerV2 agent was built")
+
+    seen = {}
+
+    def stop(self):
+        seen["target"], seen["source"] = self.target, self.sources[0].agent
+        return 0
+
+    monkeypatch.setattr(cotrain, "DreamerAgent", no_dreamer)
+    monkeypatch.setattr(lompo.LompoFinetuneTrainer, "run", stop)
+    coworld.train("lompo-finetune", tmp_path / "run", 40, overrides=SMALL + LOMPO_SMALL + CO_SMALL,
+                  source="builtin:reach-src", target_dataset=target_data, target_env="builtin:reach")
+    assert isinstance(seen["target"], LompoAgent) and seen["source"] is seen["target"]
