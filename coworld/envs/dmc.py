@@ -213,8 +213,9 @@ class DMCEnv(MujocoEnv):
         image[behind] = self.background.frame()[behind]
         return image
 
-    def close(self):
+    def free(self):
         self._env.close()
+        self.physics.free()  # its rendering contexts: dm_env's close leaves them to an exit hook
 
 
 def flat_state(time_step) -> np.ndarray:

@@ -105,7 +105,7 @@ class MetaWorldEnv(MujocoEnv):
     def render_frame(self) -> np.ndarray:
         return np.ascontiguousarray(self._env.render()[::-1])  # upright: flip the rows
 
-    def close(self):
+    def free(self):
         self._env.close()
 
 

@@ -18,10 +18,14 @@ on the simulator:
 
 A subclass builds its simulator, calls :meth:`set_spaces`, implements ``reset``/``step`` (calling
 ``super().reset(seed=seed)`` first, :meth:`noisy_action` on the incoming action and
-:meth:`observe` for the returned observation) and :meth:`render_frame`.
+:meth:`observe` for the returned observation), :meth:`render_frame`, :meth:`make_gl_context_current`
+and :meth:`free` (release the simulator and its renderer; :meth:`close` calls it once).
 """
 
 from __future__ import annotations
+
+import atexit
+import weakref
 
 import gymnasium
 import numpy as np
@@ -48,6 +52,19 @@ def check_task(suite: str, task: str, known) -> None:
         raise UserError(f"unknown {suite} task '{task}'; known: {', '.join(known)}")
 
 
+# Envs that have drawn a frame and are not closed. One left open was freed by its finalizer during
+# interpreter shutdown, after the renderers' own exit hooks had terminated the EGL display, and
+# printed an EGLError traceback at exit (every Meta-World env did, and a DMC env beside one). Exit
+# hooks run last-registered first and the renderers register theirs when they make a context, so
+# close_open_envs is moved to the top after each env's first frame and frees them all in time.
+_open_envs: weakref.WeakSet = weakref.WeakSet()
+
+
+def close_open_envs() -> None:
+    for env in list(_open_envs):
+        env.close()
+
+
 class MujocoEnv(gymnasium.Env):
     metadata = {"render_modes": ["rgb_array"]}
     render_mode = "rgb_array"
@@ -62,6 +79,7 @@ class MujocoEnv(gymnasium.Env):
         # The frame of the current state; None when the last step did not render it.
         # With obs="state" it stays the all-zero frame.
         self._image: np.ndarray | None = np.zeros((image_size, image_size, 3), np.uint8)
+        self._closed = self._exit_hook = False
 
     def set_spaces(self, action_dim: int, state_dim: int) -> None:
         size = self.image_size
@@ -110,7 +128,13 @@ class MujocoEnv(gymnasium.Env):
         when another env drew last, also covers contexts made current by creating an env.
         """
         self.make_gl_context_current()
-        return self.render_frame()
+        frame = self.render_frame()
+        if not self._exit_hook:
+            self._exit_hook = True
+            _open_envs.add(self)
+            atexit.unregister(close_open_envs)  # to the top of the exit hooks, above the renderer's
+            atexit.register(close_open_envs)
+        return frame
 
     def render_frame(self) -> np.ndarray:
         """Draw the current state: (S, S, 3) uint8."""
@@ -118,4 +142,14 @@ class MujocoEnv(gymnasium.Env):
 
     def make_gl_context_current(self) -> None:
         """Make the OpenGL context this env renders with current on this thread (each suite's own)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the simulator and its renderer; later calls do nothing."""
+        if not self._closed:
+            self._closed = True
+            _open_envs.discard(self)
+            self.free()
+
+    def free(self) -> None:
         raise NotImplementedError

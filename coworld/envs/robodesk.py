@@ -134,8 +134,9 @@ class RoboDeskEnv(MujocoEnv):
         reward, success = self._reward()
         return self.observe(self._state(), render), reward, False, False, {"success": success}
 
-    def close(self):
+    def free(self):
         self._camera._scene.free()
+        self.physics.free()  # its rendering contexts (the IK copy renders nothing)
 
     def _joint_targets(self, action: np.ndarray) -> np.ndarray:
         """Action in [-1, 1]^5 -> target positions of the 9 arm joints (position actuators)."""

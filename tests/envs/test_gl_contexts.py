@@ -1,5 +1,10 @@
 """Several MuJoCo envs in one process (CoWorld's source and target, the evaluation's lockstep envs)
-each render their own frames: an env's frames do not depend on which other envs drew in between."""
+each render their own frames: an env's frames do not depend on which other envs drew in between; and
+a process that leaves its envs open exits without EGL errors."""
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -33,3 +38,28 @@ def test_frames_do_not_depend_on_other_envs_drawing(dmc, mw, rd, ids):
         (alone,) = frames([env_id], first_seed=i)  # the same seed, drawn alone
         assert alone.std() > 0, env_id  # a real picture, not a blank one
         assert (alone == together[i]).all(), env_id
+
+
+LEAVE_OPEN = """
+import sys
+import coworld.envs as envs
+made = [envs.make(i) for i in sys.argv[1:]]
+for env in made:
+    env.reset(seed=0)
+made[0].close()
+made[0].close()  # a second close does nothing; the others stay open
+print("drawn")
+"""
+
+
+@pytest.mark.parametrize("ids", [
+    ["metaworld:button-press", "metaworld:drawer-close"],  # gymnasium's context freed after the display's end
+    ["dmc:walker_walk", "robodesk:push_green", "metaworld:button-press"],  # dm_control's contexts too
+])
+def test_envs_left_open_exit_without_egl_errors(dmc, mw, rd, ids):
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    for order in (ids, ids[::-1]):
+        proc = subprocess.run([sys.executable, "-c", LEAVE_OPEN, *order], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert proc.returncode == 0 and "drawn" in proc.stdout, proc.stderr
+        assert "Error" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
