@@ -174,7 +174,7 @@ class SourceWorker:
     source (:func:`state_source`) the agent is a :class:`StateSourceAgent` and the replay samples ``state``."""
 
     def __init__(self, index: int, env_id: str, cfg: Config, run_dir: Path, device, target_dim: int,
-                 agent_dim: int | None = None, agent_cls=None):
+                 agent_dim: int | None = None, agent_cls=DreamerAgent):
         self.env_id = env_id
         self.env = make_env(source_config(cfg), env_id)
         self.action_dim = envs.spec(env_id).action_dim
@@ -182,7 +182,7 @@ class SourceWorker:
         if self.state_dim:
             self.agent = StateSourceAgent(cfg, agent_dim or self.action_dim, self.state_dim, device=device)
         else:
-            self.agent = (agent_cls or DreamerAgent)(cfg, agent_dim or self.action_dim, device=device)
+            self.agent = agent_cls(cfg, agent_dim or self.action_dim, device=device)
         self.policy = ActionSlice(self.agent, self.action_dim) if agent_dim else self.agent
         self.replay = Replay(run_dir / f"replay-source{index}", seed=cfg.seed + 101 * (index + 1), readonly=False,
                              extra_keys=("state",) if self.state_dim else ())

@@ -243,7 +243,8 @@ def test_lompo_finetune_builds_only_the_lompo_agent(tmp_path, target_data, monke
     """The finetuning trainer makes its one agent a LompoAgent directly (no DreamerV2 agent is built
     and thrown away, which would also draw from the seed's random stream)."""
     import coworld
-    from coworld.run import cotrain, lompo
+    from coworld.algos.dreamer import DreamerAgent
+    from coworld.run import lompo
 
     def no_dreamer(*args, **kwargs):
         raise AssertionError("a DreamerV2 agent was built")
@@ -254,7 +255,7 @@ def test_lompo_finetune_builds_only_the_lompo_agent(tmp_path, target_data, monke
         seen["target"], seen["source"] = self.target, self.sources[0].agent
         return 0
 
-    monkeypatch.setattr(cotrain, "DreamerAgent", no_dreamer)
+    monkeypatch.setattr(DreamerAgent, "__init__", no_dreamer)  # however it is reached
     monkeypatch.setattr(lompo.LompoFinetuneTrainer, "run", stop)
     coworld.train("lompo-finetune", tmp_path / "run", 40, overrides=SMALL + LOMPO_SMALL + CO_SMALL,
                   source="builtin:reach-src", target_dataset=target_data, target_env="builtin:reach")
