@@ -105,7 +105,9 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
-            todo.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd})
+            # cost: the gradient updates the run makes (co-training runs also update in the source)
+            cost = updates + (0 if offline else source_steps // load_config(preset).train.train_every)
+            todo.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd, "cost": cost})
     return todo
 
 
@@ -115,9 +117,11 @@ def _finished(logdir: Path) -> bool:
 
 def run_jobs(todo: list[dict], parallel: int) -> None:
     """Run the training commands, ``parallel`` at a time, with a one-line status every 20 s."""
-    pending, running = [j for j in todo if not _finished(j["logdir"])], []
+    # longest runs first (stable: seed-major within a cost), so that the job does not end with one long
+    # run alone on a core (the default job on a 2-core AVX2 CPU: 23 min, ~27 in seed-major order)
+    pending, running = sorted((j for j in todo if not _finished(j["logdir"])), key=lambda j: -j["cost"]), []
     try:
-        _loop(pending, running, parallel, len(pending), time.time())
+        _loop(pending, running, parallel, time.time())
     finally:  # interrupted: the runs save a checkpoint on SIGTERM, so `coworld demo` resumes them
         for job in running:
             if job["proc"].poll() is None:
@@ -135,8 +139,8 @@ def _add_partial_wall(logdir: Path, seconds: float) -> float:
     return total
 
 
-def _loop(pending: list, running: list, parallel: int, total: int, start: float) -> None:
-    done, last, walls = 0, 0.0, []
+def _loop(pending: list, running: list, parallel: int, start: float) -> None:
+    done, total, last, finished = 0, len(pending), 0.0, []
     while pending or running:
         while pending and len(running) < parallel:
             job = pending.pop(0)
@@ -158,23 +162,27 @@ def _loop(pending: list, running: list, parallel: int, total: int, start: float)
             wall = _add_partial_wall(job["logdir"], time.time() - job["start"])
             (job["logdir"] / "done.json").write_text(json.dumps({"wall_s": wall}))
             done += 1
-            walls.append(time.time() - job["start"])
+            finished.append((time.time() - job["start"], job["cost"]))
             print(f"[{time.time() - start:6.0f}s] done {done}/{total}: {job['method']} seed {job['seed']} "
                   f"({wall:.0f}s)", flush=True)
         if time.time() - last > 20 and running:
             last = time.time()
-            print(f"[{time.time() - start:6.0f}s] {_progress(done, total, running, walls, parallel)}", flush=True)
+            print(f"[{time.time() - start:6.0f}s] {_progress(done, total, running, pending, finished, parallel)}",
+                  flush=True)
 
 
-def _progress(done: int, total: int, running: list, walls: list, parallel: int) -> str:
-    """One status line: runs done (share of the job), running, and an ETA for the whole job from the
-    mean wall time of the runs finished so far (none before the first one finishes)."""
+def _progress(done: int, total: int, running: list, pending: list, finished: list, parallel: int) -> str:
+    """One status line: runs done (share of the job), running, and an ETA for the whole job. ``finished``
+    holds (wall seconds, cost) of the runs ended so far; their seconds per unit of cost (a job's "cost",
+    its gradient updates) times the cost still to do, spread over ``parallel`` slots (no ETA before the
+    first run ends)."""
     now = time.time()
     line = f"done {done}/{total} ({100 * done / max(total, 1):.0f}%), running {len(running)}"
-    if walls:
-        mean = sum(walls) / len(walls)
-        left = sum(max(mean - (now - j["start"]), 0.0) for j in running) + mean * (total - done - len(running))
-        line += f"; ETA ~{left / max(parallel, 1) / 60:.0f} min (mean run {mean / 60:.1f} min)"
+    if finished:
+        rate = sum(w for w, _ in finished) / max(sum(c for _, c in finished), 1)
+        left = sum(max(rate * j["cost"] - (now - j["start"]), 0.0) for j in running)
+        left += rate * sum(j["cost"] for j in pending)
+        line += f"; ETA ~{left / max(parallel, 1) / 60:.0f} min"
     else:
         line += "; ETA after the first run ends"
     return line

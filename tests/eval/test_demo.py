@@ -33,8 +33,37 @@ def test_demo_progress_line_gives_share_and_eta(monkeypatch):
     from coworld.eval import demo
 
     monkeypatch.setattr(demo.time, "time", lambda: 1000.0)
-    assert demo._progress(0, 6, [{"start": 900.0}], [], 2) == "done 0/6 (0%), running 1; ETA after the first run ends"
-    # 2 done (mean 300 s), 2 running for 100 s and 400 s (200 s and 0 s left), 2 pending (600 s): 800 s / 2 runs at a time
-    running = [{"start": 900.0}, {"start": 600.0}]
-    assert demo._progress(2, 6, running, [200.0, 400.0], 2) == \
-        "done 2/6 (33%), running 2; ETA ~7 min (mean run 5.0 min)"
+    running = [{"start": 900.0, "cost": 100}]
+    assert demo._progress(0, 6, running, [], [], 2) == "done 0/6 (0%), running 1; ETA after the first run ends"
+    # 2 done: 600 s for 200 units of cost (3 s each); running: cost 100 for 100 s (200 s left) and cost 200
+    # for 400 s (200 s left); pending: cost 200 (600 s); 1,000 s at 2 runs at a time: ~8 min
+    running = [{"start": 900.0, "cost": 100}, {"start": 600.0, "cost": 200}]
+    pending = [{"cost": 100}, {"cost": 100}]
+    assert demo._progress(2, 6, running, pending, [(200.0, 100), (400.0, 100)], 2) == \
+        "done 2/6 (33%), running 2; ETA ~8 min"
+
+
+def test_demo_starts_the_longest_runs_first(tmp_path, monkeypatch):
+    """Co-training runs (target and source updates) start before offline ones, seed-major within a
+    cost, and a finished run is not started again."""
+    from coworld.eval import demo
+
+    todo = demo.jobs(tmp_path, tmp_path / "data", 2, 600, 300, "tiny", ["Offline DV2", "CoWorld", "DV2 Finetune"])
+    cost = {j["method"]: j["cost"] for j in todo}
+    assert cost == {"Offline DV2": 300, "CoWorld": 300 + 600 // 5, "DV2 Finetune": 300 + 600 // 5}
+    (tmp_path / "coworld" / "seed1").mkdir(parents=True)
+    (tmp_path / "coworld" / "seed1" / "done.json").write_text("{}")
+    started = []
+
+    class Proc:
+        def __init__(self, cmd, **kw):
+            started.append(next((j["method"], j["seed"]) for j in todo if j["cmd"] == cmd))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(demo.subprocess, "Popen", Proc)
+    monkeypatch.setattr(demo.time, "sleep", lambda s: None)
+    demo.run_jobs(todo, 1)
+    assert started == [("CoWorld", 0), ("DV2 Finetune", 0), ("DV2 Finetune", 1), ("Offline DV2", 0),
+                       ("Offline DV2", 1)]
