@@ -231,6 +231,12 @@ class CoWorldConfig:
     reward_align: bool = True  # stage B
     value_constraint: bool = True  # stage C
     no_max: bool = False  # "w/o max": alpha * v_T instead of alpha * max(v_T, sg v_S)
+    # A pessimistic target (not in the paper; docs/algorithms.md#pessimistic-target): target_ensemble = K >= 2
+    #   makes the target agent an Offline DV2 agent, K prior heads and its imagined reward lowered by
+    #   target_penalty x their disagreement (train.offline_penalty_kind); the sources stay plain DreamerV2.
+    #   0: the paper's plain DreamerV2 target.
+    target_ensemble: int = 0
+    target_penalty: float = 1.0
     # Source simulators (docs/algorithms.md#state-input-source): env options applied to the source envs
     #   only, over env.options; {obs = "state"} makes the sources state-input (paper Table 4: an MLP
     #   encoder reads obs["state"]), {reward = "sparse"} gives sparse-reward sources (Table 5).
@@ -431,6 +437,9 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), key)
         if value not in choices:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(choices)}; got {value!r}")
+    if cfg.coworld.target_ensemble == 1 or cfg.coworld.target_ensemble < 0:
+        raise ConfigError(f"coworld.target_ensemble must be 0 (a plain DreamerV2 target) or at least 2 (prior heads "
+                          f"of a pessimistic target); got {cfg.coworld.target_ensemble}")
     positive = [
         ("train", "batch"), ("train", "length"), ("behaviour", "horizon"), ("model", "depth"),
         ("model", "deter"), ("model", "stoch"), ("train", "train_every"),

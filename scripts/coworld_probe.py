@@ -43,6 +43,7 @@ from coworld.data.episodes import list_episode_files, load_episode
 from coworld.errors import UserError
 from coworld.eval.stats import bootstrap_mean_ci
 from coworld.run.api import load_run
+from coworld.run.cotrain import target_agent
 from coworld.run.driver import discounted_to_go
 from coworld.run.plots import read_metrics
 
@@ -79,7 +80,7 @@ def probe(run_dir: Path, last: int = 10) -> dict:
     if run_args.get("algo") != "coworld" or "source0_agent" not in state:
         raise UserError(f"{run_dir} is not a CoWorld run (algo {run_args.get('algo')!r})")
     dims = state["dims"]
-    target, source = DreamerAgent(cfg, dims["target_agent"], "cpu"), DreamerAgent(cfg, dims["source0_agent"], "cpu")
+    target, source = target_agent(cfg, dims["target_agent"]), DreamerAgent(cfg, dims["source0_agent"], "cpu")
     target.load_checkpoint_state(state["target_agent"])
     source.load_checkpoint_state(state["source0_agent"])
 

@@ -76,16 +76,16 @@ class OfflineDV2Agent(DreamerAgent):
         metrics["imag/uncertainty"] = self._penalty
         return actor_loss, critic_loss, metrics
 
-    def update(self, batch: dict[str, Tensor]) -> dict:
+    def update(self, batch: dict[str, Tensor], wm_hook=None, critic_hook=None) -> dict:
         """One update of V-D4RL's protocol: world model alone for the first
-        ``offline_wm_updates`` updates, then actor-critic on a frozen model (joint when 0)."""
+        ``offline_wm_updates`` updates, then actor-critic on a frozen model (joint when 0).
+        The hooks as in :meth:`DreamerAgent.update` (CoWorld's pessimistic target)."""
         pretrain = self.cfg.train.offline_wm_updates
         if pretrain <= 0:
-            metrics = super().update(batch)
+            return super().update(batch, wm_hook, critic_hook)
+        if self.updates < pretrain:
+            _, metrics = self.world_model_step(batch, extra_loss=wm_hook)
         else:
-            if self.updates < pretrain:
-                _, metrics = self.world_model_step(batch)
-            else:
-                metrics = self.behaviour_step(self.posterior(batch))
-            self.finish_update()
+            metrics = self.behaviour_step(self.posterior(batch), critic_extra=critic_hook)
+        self.finish_update()
         return metrics

@@ -652,6 +652,7 @@ def alignment_embeddings(run_dir: Path, frames: int = 300, seed: int = 0) -> dic
     from coworld.algos.coworld import embedding_kl
     from coworld.algos.dreamer import DreamerAgent
     from coworld.run.api import load_run
+    from coworld.run.cotrain import target_agent
 
     run_dir, run_args, cfg, state = load_run(run_dir)
     if run_args.get("algo") != "coworld" or "target_agent" not in state:
@@ -663,7 +664,8 @@ def alignment_embeddings(run_dir: Path, frames: int = 300, seed: int = 0) -> dic
     def encoder(name: str | None):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            agent = DreamerAgent(cfg, dims["target_agent" if name is None else name])
+            make = target_agent if name in (None, "target_agent") else DreamerAgent
+            agent = make(cfg, dims["target_agent" if name is None else name])
         if name is not None:
             agent.load_checkpoint_state(state[name])
         agent.wm.eval()

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -53,6 +53,7 @@ from coworld.algos.coworld import (
 )
 from coworld.algos.dreamer import DreamerAgent
 from coworld.algos.ewc import EWC, ewc_hooks
+from coworld.algos.offline_dv2 import OfflineDV2Agent
 from coworld.config import Config
 from coworld.errors import UserError
 from coworld.data.replay import Replay
@@ -219,6 +220,9 @@ class CoWorldTrainer(BaseTrainer):
         self.finetune = finetune
         cfg = self.cfg = session.cfg
         device = session.device
+        if finetune and cfg.coworld.target_ensemble:
+            raise UserError("coworld.target_ensemble makes CoWorld's target pessimistic; DV2 Finetune has no separate "
+                            "target agent. Use --algo offline-dv2 for a pessimistic offline baseline")
         self.notes = []  # stages switched off for a state-input source, logged when the run begins
         self.stage_a = self.stage_b = True
         self.target_states = False  # the target batches carry `state` (read by state-input sources)
@@ -236,7 +240,7 @@ class CoWorldTrainer(BaseTrainer):
             self.policy = ActionSlice(self.target, self.target_dim)
             self.schedule = finetune_schedule(cfg, session.total, self.min_prefill())
         else:
-            self.target = self.policy = DreamerAgent(cfg, self.target_dim, device=device)
+            self.target = self.policy = target_agent(cfg, self.target_dim, device)
             self.sources = [SourceWorker(i, sid, cfg, session.dir, device, self.target_dim)
                             for i, sid in enumerate(source_ids)]
             self.schedule = build_schedule(cfg, session.total, len(self.sources), self.min_prefill())
@@ -476,6 +480,17 @@ def evaluation_agent(run_args: dict, cfg: Config, state: dict):
         agent = DreamerAgent(cfg, dims["source0_agent"])
         agent.load_checkpoint_state(state["source0_agent"])
         return ActionSlice(agent, dims["target_replay"]), run_args["target_env"]
-    agent = DreamerAgent(cfg, state["dims"]["target_agent"])
+    agent = target_agent(cfg, state["dims"]["target_agent"])
     agent.load_checkpoint_state(state["target_agent"])
     return agent, run_args["target_env"]
+
+
+def target_agent(cfg: Config, action_dim: int, device="cpu") -> DreamerAgent:
+    """CoWorld's target agent: the paper's DreamerV2, or with ``coworld.target_ensemble`` = K an Offline DV2
+    agent (K prior heads, reward penalty ``coworld.target_penalty``; docs/algorithms.md#pessimistic-target)."""
+    c = cfg.coworld
+    if not c.target_ensemble:
+        return DreamerAgent(cfg, action_dim, device=device)
+    cfg = replace(cfg, model=replace(cfg.model, ensemble=c.target_ensemble),
+                  train=replace(cfg.train, offline_penalty=c.target_penalty))
+    return OfflineDV2Agent(cfg, action_dim, device=device)

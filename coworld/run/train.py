@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from coworld import envs
 from coworld.data.replay import Replay
@@ -143,16 +144,20 @@ def run_evaluation(session: Session, agent, env, step: int, tag: str = "eval", i
 
 
 def log_openloop(session: Session, agent, replay, step: int, prefix: str = "") -> None:
-    """Diagnostics that need no simulator, on a batch drawn with its own generator (training RNG
-    untouched): real vs open-loop imagined frames (``{prefix}openloop``) and the reward head's
-    fit and the critic's values on the data (``{prefix}offline/``, :func:`offline_diagnostics`)."""
+    """Diagnostics that need no simulator: real vs open-loop imagined frames (``{prefix}openloop``) and
+    the reward head's fit and the critic's values on the data (``{prefix}offline/``,
+    :func:`offline_diagnostics`). The batch comes from its own generator and the posterior's draws from
+    a forked torch generator, so training goes on as if they had not been taken (how often a run
+    evaluates does not change what it learns)."""
     cfg = session.cfg
     batch = replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
                           rng=np.random.default_rng([cfg.seed, step]))
     context = max(1, min(5, cfg.train.length // 3))
-    session.logger.image(step, f"{prefix}openloop", openloop_strip(agent, batch, context=context))
-    session.logger.scalars(step, offline_diagnostics(agent, batch, value_discount(agent, cfg)),
-                           prefix=f"{prefix}offline/")
+    with torch.random.fork_rng(devices=[session.device] if session.device.type == "cuda" else []):
+        strip = openloop_strip(agent, batch, context=context)
+        scalars = offline_diagnostics(agent, batch, value_discount(agent, cfg))
+    session.logger.image(step, f"{prefix}openloop", strip)
+    session.logger.scalars(step, scalars, prefix=f"{prefix}offline/")
 
 
 def log_train(session: Session, step: int, metrics: dict, extra: dict) -> None:

@@ -4,6 +4,7 @@ import json
 import signal
 
 import pytest
+import torch
 
 from coworld.run.cotrain import build_schedule, finetune_schedule, full_source_steps
 from coworld.cli import main
@@ -118,6 +119,71 @@ def test_dv2_finetune_runs_with_padded_actions_and_evaluates(tmp_path, target_da
             "--no-progress", *small_sets()]
     assert main(args) == 0
     assert main(["eval", str(logdir), "--episodes", "1"]) == 0
+
+
+@pytest.mark.slow
+def test_pessimistic_target_is_an_offline_dv2_agent_beside_plain_sources(tmp_path, target_data, capsys):
+    """coworld.target_ensemble = 2: the target has 2 prior heads and logs its penalty through CoWorld's
+    hooks (stages A and C still act on it), the source keeps one head; a saved run evaluates."""
+    from coworld.run.api import load_run
+
+    logdir = tmp_path / "pess"
+    sets = small_sets() + ["--set", "coworld.target_ensemble=2", "--set", "coworld.target_penalty=0.5",
+                           "--set", "train.log_every=1"]
+    assert main(["train", *coworld_args(target_data), "--steps", "120", "--logdir", str(logdir),
+                 "--no-progress", *sets]) == 0
+    lines = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*lines)
+    assert {"target/imag/uncertainty", "target/coworld/align_loss", "target/coworld/capped_frac"} <= keys
+    assert not any(k.startswith("source0/") and k.endswith("uncertainty") for k in keys)
+    state = load_run(logdir)[3]
+
+    def heads(agent):
+        return len({k.split(".")[2] for k in state[agent]["wm"] if k.startswith("rssm.prior_heads.")})
+
+    assert (heads("target_agent"), heads("source0_agent")) == (2, 1)
+    assert main(["eval", str(logdir), "--episodes", "1"]) == 0
+    # bad settings: one head, or a finetuning baseline (no separate target)
+    assert main(["train", *coworld_args(target_data), "--steps", "120", "--logdir", str(tmp_path / "one"),
+                 "--set", "coworld.target_ensemble=1"]) == 2
+    assert "coworld.target_ensemble must be 0" in capsys.readouterr().err
+    assert main(["train", "--algo", "dv2-finetune", "--source", "builtin:reach-src", "--target-dataset",
+                 str(target_data), "--target-env", "builtin:reach", "--steps", "80", "--logdir",
+                 str(tmp_path / "ft"), "--set", "coworld.target_ensemble=2"]) == 2
+    assert "no separate target agent" in capsys.readouterr().err
+
+
+def test_target_agent_takes_the_ensemble_and_penalty_from_the_coworld_section_only():
+    from coworld.algos.offline_dv2 import OfflineDV2Agent
+    from coworld.run.cotrain import target_agent
+
+    cfg = load_config("tiny", ["coworld.target_ensemble=3", "coworld.target_penalty=0.25"])
+    agent = target_agent(cfg, 2)
+    assert isinstance(agent, OfflineDV2Agent) and len(agent.wm.rssm.prior_heads) == 3
+    assert agent.cfg.train.offline_penalty == 0.25
+    assert cfg.model.ensemble == 0 and cfg.train.offline_penalty == 0.0  # the shared config is untouched
+    plain = target_agent(load_config("tiny"), 2)
+    assert type(plain).__name__ == "DreamerAgent" and len(plain.wm.rssm.prior_heads) == 1
+
+
+@pytest.mark.slow
+def test_how_often_a_run_evaluates_does_not_change_what_it_learns(tmp_path, target_data):
+    """Evaluations and the offline diagnostics (open-loop strip, reward fit on a dataset batch) draw from
+    their own generators: a run evaluating before every target block ends with the same weights,
+    optimizer states and torch RNG as one evaluating only at the start and the end."""
+    from coworld.run.checkpoint import load_checkpoint
+
+    algo = coworld_args(target_data)
+    run(tmp_path / "often", 120, algo, SMALL + CO_SMALL + ["train.eval_every=1"])
+    run(tmp_path / "rarely", 120, algo, SMALL + CO_SMALL + ["train.eval_every=100000"])
+    often, rarely = load_checkpoint(tmp_path / "often"), load_checkpoint(tmp_path / "rarely")
+    assert often["counters"]["evals"] > rarely["counters"]["evals"] >= 1
+    for agent in ("target_agent", "source0_agent"):
+        for part, tensors in often[agent].items():
+            if isinstance(tensors, dict) and part.endswith(("wm", "actor", "critic")):
+                for name, value in tensors.items():
+                    assert torch.equal(value, rarely[agent][part][name]), f"{agent}.{part}.{name} differs"
+    assert torch.equal(often["rng"]["torch"], rarely["rng"]["torch"])
 
 
 def test_coworld_needs_source_and_dataset(tmp_path, capsys):
