@@ -85,7 +85,7 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
          methods: list[str]) -> list[dict]:
     inputs = {"env": TARGET_ENV, "dataset": str(data), "source": SOURCE_ENV, "target_dataset": str(data),
               "target_env": TARGET_ENV}
-    todo = []
+    todo, train_every = [], load_config(preset).train.train_every
     for seed in range(seeds):
         base = ["--preset", preset, "--seed", str(seed), "--no-progress"]
         for method in methods:
@@ -100,13 +100,13 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             # about 6 evaluations per run: offline runs count updates, co-training runs progress units
             # (a target update is train_every units); rounded up, so that the last periodic evaluation
             # is not a few updates before the final one
-            every = -(-updates // 6) * (1 if offline else load_config(preset).train.train_every)
+            every = -(-updates // 6) * (1 if offline else train_every)
             extra = extra_settings(algo) + [f"train.eval_every={every}"]
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
             # cost: the gradient updates the run makes (co-training runs also update in the source)
-            cost = updates + (0 if offline else source_steps // load_config(preset).train.train_every)
+            cost = updates + (0 if offline else source_steps // train_every)
             todo.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd, "cost": cost})
     return todo
 

@@ -153,7 +153,8 @@ def log_openloop(session: Session, agent, replay, step: int, prefix: str = "") -
     batch = replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
                           rng=np.random.default_rng([cfg.seed, step]))
     context = max(1, min(5, cfg.train.length // 3))
-    with torch.random.fork_rng(devices=[session.device] if session.device.type == "cuda" else []):
+    device = torch.device(session.device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         strip = openloop_strip(agent, batch, context=context)
         scalars = offline_diagnostics(agent, batch, value_discount(agent, cfg))
     session.logger.image(step, f"{prefix}openloop", strip)
