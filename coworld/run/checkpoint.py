@@ -161,6 +161,13 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(int(x) for x in p["internal"].tolist()), p["gauss"]))
 
 
+def forked_rng(device="cpu"):
+    """``torch.random.fork_rng`` over the CPU generator and, on a CUDA ``device``, that device's: the
+    random draws inside (evaluation, diagnostics) leave training's generators as they were."""
+    device = torch.device(device)
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 def generator_state(gen: np.random.Generator) -> dict:
     """A NumPy Generator's state with its 128-bit integers as strings (weights-only safe)."""
     return _stringify(gen.bit_generator.state)

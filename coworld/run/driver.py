@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from coworld.data.episodes import EpisodeBuilder
-from coworld.run.checkpoint import generator_state, set_generator_state
+from coworld.run.checkpoint import forked_rng, generator_state, set_generator_state
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -207,7 +207,7 @@ def evaluate(agent, env, *, episodes: int, seed: int, video: bool = False, gamma
     pool = list(env) if isinstance(env, (list, tuple)) else [env]
     results = [None] * episodes
     frames: list = []
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng(getattr(agent, "device", "cpu")):
         torch.manual_seed(seed)
         for first in range(0, episodes, len(pool)):
             wave = range(first, min(first + len(pool), episodes))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from coworld.errors import UserError
+from coworld.run.checkpoint import forked_rng
 
 
 def _to_uint8(decoded: torch.Tensor) -> np.ndarray:
@@ -42,8 +43,7 @@ def openloop_predict(agent, batch: dict, context: int = 5, horizon: int | None =
     action = torch.as_tensor(batch["action"][:n, :T]).to(device).float()
     is_first = torch.as_tensor(batch["is_first"][:n, :T]).to(device).bool()
 
-    cuda = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
+    with forked_rng(device):
         post, _ = wm.observe(wm.encode(image[:, :context]), action[:, :context], is_first[:, :context])
         decoded = [wm.decoder(wm.feat(post))]  # (n, context, 3, 64, 64): reconstructions
         state = {k: v[:, -1] for k, v in post.items()}

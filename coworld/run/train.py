@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from coworld import envs
 from coworld.data.replay import Replay
 from coworld.errors import UserError
+from coworld.run.checkpoint import forked_rng
 from coworld.run.diagnostics import offline_diagnostics
 from coworld.run.driver import Collector, evaluate
 from coworld.run.loop import BaseTrainer, run_loop
@@ -153,8 +153,7 @@ def log_openloop(session: Session, agent, replay, step: int, prefix: str = "") -
     batch = replay.sample(cfg.train.batch, cfg.train.length, device=session.device,
                           rng=np.random.default_rng([cfg.seed, step]))
     context = max(1, min(5, cfg.train.length // 3))
-    device = torch.device(session.device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(session.device):
         strip = openloop_strip(agent, batch, context=context)
         scalars = offline_diagnostics(agent, batch, value_discount(agent, cfg))
     session.logger.image(step, f"{prefix}openloop", strip)

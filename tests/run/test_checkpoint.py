@@ -87,3 +87,16 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="no checkpoint"):
         load_checkpoint(tmp_path)
 
+
+
+def test_forked_rng_restores_the_cpu_generator_and_forks_a_cuda_device(monkeypatch):
+    from coworld.run.checkpoint import forked_rng
+
+    before = torch.get_rng_state()
+    with forked_rng("cpu"):
+        torch.rand(5)
+    assert torch.equal(before, torch.get_rng_state())
+    seen = []
+    monkeypatch.setattr(torch.random, "fork_rng", lambda devices: seen.append(devices))
+    forked_rng(torch.device("cpu")), forked_rng("cuda:1")
+    assert seen == [[], [torch.device("cuda:1")]]
