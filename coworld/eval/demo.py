@@ -26,7 +26,7 @@ from pathlib import Path
 from coworld.config import cache_root, load_config
 from coworld.errors import UserError
 from coworld.run import registry
-from coworld.run.experiment import target_updates
+from coworld.run.experiment import algo_kind, target_updates, trial_cost
 from coworld.run.session import free_cores
 
 TARGET_ENV = "builtin:reach"
@@ -105,8 +105,7 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
-            # cost: the gradient updates the run makes (co-training runs also update in the source)
-            cost = updates + (0 if offline else source_steps // train_every)
+            cost = trial_cost(algo_kind(algo), updates if offline else source_steps, train_every, updates)
             todo.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd, "cost": cost})
     return todo
 

@@ -383,13 +383,23 @@ def target_updates(cfg, source_steps: int, n_sources: int = 1) -> int:
     return sum(p.length for p in build_schedule(cfg, source_steps, n_sources) if p.kind in ("target", "target_wm"))
 
 
+def trial_cost(kind: str, steps: int, train_every: int, target_updates: int = 0) -> int:
+    """A run's cost in gradient updates, to start the costliest first: an ``offline`` run's ``steps``
+    are updates; an ``online`` one updates once every ``train_every`` env steps; a co-training one
+    (``source``) does that in its source and ``target_updates`` on the target."""
+    if kind == "offline":
+        return steps
+    return steps // train_every + (target_updates if kind == "source" else 0)
+
+
 def _has(overrides: list[str], key: str) -> bool:
     return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
 def expand(experiment: Experiment) -> list[dict]:
-    """One trial per (method, task, seed), seed-major (all of seed 0 first); ids ``<method>__<task>__s<seed>``."""
-    trials = []
+    """One trial per (method, task, seed), seed-major (all of seed 0 first), the costliest first within a
+    seed (:func:`trial_cost`); ids ``<method>__<task>__s<seed>``."""
+    trials, costs = [], {}
     for method in experiment.methods:
         algo = registry.get(method["algo"])
         kind = algo_kind(algo)
@@ -412,7 +422,7 @@ def expand(experiment: Experiment) -> list[dict]:
                 raise UserError(f"{where}: [experiment] steps has no '{kind}' budget for algorithm {algo.name}")
             steps = steps_table[kind]
             co_updates = None  # target updates of CoWorld's schedule at the source budget
-            if "source" in steps_table and (steps == "matched" or experiment.evaluations):
+            if "source" in steps_table and (steps == "matched" or experiment.evaluations or kind == "source"):
                 n_sources = len(inputs.get("source") or task.get("source") or [None])
                 # CoWorld's schedule at the experiment's preset, whatever this method's preset is
                 co_cfg = load_config(experiment.preset, experiment.overrides + task["overrides"]
@@ -431,6 +441,7 @@ def expand(experiment: Experiment) -> list[dict]:
                 else:
                     every = max(1, steps // experiment.evaluations)
                 extra.append(f"train.eval_every={every}")
+            cost = trial_cost(kind, int(steps), cfg.train.train_every, co_updates or 0)
             target = inputs.get("target_env") or inputs.get("env")
             dataset = inputs.get("target_dataset") or inputs.get("dataset")
             for seed in experiment.seeds:
@@ -442,8 +453,10 @@ def expand(experiment: Experiment) -> list[dict]:
                     "ablations": method["ablations"], "steps": int(steps), "resources": dict(resources),
                     "group": method.get("group") or task.get("group"), "inputs": inputs,
                 })
-    # seed-major: the first seeds of every method finish first, so a partial sweep is balanced
-    trials.sort(key=lambda t: experiment.seeds.index(t["seed"]))
+                costs[trials[-1]["id"]] = cost
+    # seed-major: the first seeds of every method finish first, so a partial sweep is balanced; within a
+    # seed the costliest first (stable), so that the sweep does not end with one long trial alone on a slot
+    trials.sort(key=lambda t: (experiment.seeds.index(t["seed"]), -costs[t["id"]]))
     seen = set()
     for t in trials:
         if t["id"] in seen:

@@ -9,7 +9,7 @@ from coworld.config import load_config
 from coworld.errors import UserError
 from coworld.run import registry
 from coworld.run.cotrain import build_schedule
-from coworld.run.experiment import expand, load_experiment, slug
+from coworld.run.experiment import expand, load_experiment, slug, trial_cost
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "experiments").glob("*.toml"))
@@ -70,6 +70,26 @@ def test_expansion_ids_inputs_and_matched_budget(tmp_path):
     assert off["steps"] == matched  # "matched": as many updates as CoWorld makes on the target
     assert co["overrides"][-1] == "train.threads=1"  # the trial's CPUs
     assert expand(load(tmp_path, BASE)) == trials  # stable: a re-run maps to the same trials
+
+
+def test_costliest_trial_first_within_a_seed(tmp_path):
+    # Offline DV2 listed first but given more updates than CoWorld makes in all: it starts first in
+    # every seed, and seed-major order holds
+    text = BASE.replace('algo = "coworld"', 'algo = "offline-dv2"\nsteps = { offline = 5000 }', 1)
+    text = text.replace('label = "CoWorld"', 'label = "Long"').replace(
+        'label = "Offline DV2"\nalgo = "offline-dv2"', 'label = "CoWorld"\nalgo = "coworld"')
+    trials = expand(load(tmp_path, text))
+    assert [t["id"] for t in trials] == ["long__reach-src-reach__s0", "coworld__reach-src-reach__s0",
+                                         "long__reach-src-reach__s1", "coworld__reach-src-reach__s1"]
+    cfg = load_config("tiny", ["coworld.outer_iters=2", "coworld.target_blocks=3"])
+    co_updates = sum(p.length for p in build_schedule(cfg, 1000, 1) if p.kind in ("target", "target_wm"))
+    assert co_updates + 1000 // cfg.train.train_every < 5000  # the premise: CoWorld is the cheaper trial
+    # with fewer offline updates than CoWorld's the file's order comes back
+    cheap = expand(load(tmp_path, text.replace("offline = 5000", "offline = 10")))
+    assert [t["method"] for t in cheap] == ["CoWorld", "Long"] * 2
+    assert trial_cost("offline", 300, 5) == 300
+    assert trial_cost("online", 300, 5) == 60
+    assert trial_cost("source", 300, 5, 40) == 100
 
 
 def test_set_overrides_come_after_the_files_own(tmp_path):
