@@ -422,8 +422,8 @@ def expand(experiment: Experiment) -> list[dict]:
                 raise UserError(f"{where}: [experiment] steps has no '{kind}' budget for algorithm {algo.name}")
             steps = steps_table[kind]
             co_updates = None  # target updates of CoWorld's schedule at the source budget
-            if "source" in steps_table and (steps == "matched" or experiment.evaluations or kind == "source"):
-                n_sources = len(inputs.get("source") or task.get("source") or [None])
+            n_sources = len(inputs.get("source") or task.get("source") or [None])
+            if "source" in steps_table and (steps == "matched" or experiment.evaluations):
                 # CoWorld's schedule at the experiment's preset, whatever this method's preset is
                 co_cfg = load_config(experiment.preset, experiment.overrides + task["overrides"]
                                      + experiment.cli_overrides)
@@ -441,7 +441,9 @@ def expand(experiment: Experiment) -> list[dict]:
                 else:
                     every = max(1, steps // experiment.evaluations)
                 extra.append(f"train.eval_every={every}")
-            cost = trial_cost(kind, int(steps), cfg.train.train_every, co_updates or 0)
+            # its own schedule's target updates (a method may change the schedule, e.g. its warm-up)
+            own = target_updates(cfg, int(steps), n_sources) if kind == "source" else 0
+            cost = trial_cost(kind, int(steps), cfg.train.train_every, own)
             target = inputs.get("target_env") or inputs.get("env")
             dataset = inputs.get("target_dataset") or inputs.get("dataset")
             for seed in experiment.seeds:
