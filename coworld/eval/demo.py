@@ -95,7 +95,8 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             for key in algo.needs + algo.optional:
                 args += ["--" + key.replace("_", "-"), inputs[key]]
             # offline algorithms count updates: the same number of target updates as CoWorld makes
-            offline = "dataset" in algo.needs
+            kind = algo_kind(algo)
+            offline = kind == "offline"
             args += ["--steps", str(updates if offline else source_steps)]
             # about 6 evaluations per run: offline runs count updates, co-training runs progress units
             # (a target update is train_every units); rounded up, so that the last periodic evaluation
@@ -105,7 +106,7 @@ def jobs(out: Path, data: Path, seeds: int, source_steps: int, updates: int, pre
             logdir = out / method.lower().replace(" ", "-").replace("/", "") / f"seed{seed}"
             sets = sum((["--set", s] for s in COMMON + extra), [])
             cmd = [sys.executable, "-m", "coworld", "train", *args, *base, "--logdir", str(logdir), *sets]
-            cost = trial_cost(algo_kind(algo), updates if offline else source_steps, train_every, updates)
+            cost = trial_cost(kind, updates if offline else source_steps, train_every, updates)
             todo.append({"method": method, "seed": seed, "logdir": logdir, "cmd": cmd, "cost": cost})
     return todo
 

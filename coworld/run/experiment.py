@@ -399,7 +399,7 @@ def _has(overrides: list[str], key: str) -> bool:
 def expand(experiment: Experiment) -> list[dict]:
     """One trial per (method, task, seed), seed-major (all of seed 0 first), the costliest first within a
     seed (:func:`trial_cost`); ids ``<method>__<task>__s<seed>``."""
-    trials, costs = [], {}
+    ranked = []  # (cost, trial)
     for method in experiment.methods:
         algo = registry.get(method["algo"])
         kind = algo_kind(algo)
@@ -447,18 +447,18 @@ def expand(experiment: Experiment) -> list[dict]:
             target = inputs.get("target_env") or inputs.get("env")
             dataset = inputs.get("target_dataset") or inputs.get("dataset")
             for seed in experiment.seeds:
-                trials.append({
+                ranked.append((cost, {
                     "id": f"{slug(method['label'])}__{slug(task['label'])}__s{seed}",
                     "experiment": experiment.name, "method": method["label"], "algo": algo.name,
                     "task": task["label"], "source": inputs.get("source"), "target": target,
                     "dataset": dataset, "seed": seed, "preset": preset, "overrides": overrides + extra,
                     "ablations": method["ablations"], "steps": int(steps), "resources": dict(resources),
                     "group": method.get("group") or task.get("group"), "inputs": inputs,
-                })
-                costs[trials[-1]["id"]] = cost
+                }))
     # seed-major: the first seeds of every method finish first, so a partial sweep is balanced; within a
     # seed the costliest first (stable), so that the sweep does not end with one long trial alone on a slot
-    trials.sort(key=lambda t: (experiment.seeds.index(t["seed"]), -costs[t["id"]]))
+    ranked.sort(key=lambda ct: (experiment.seeds.index(ct[1]["seed"]), -ct[0]))
+    trials = [t for _, t in ranked]
     seen = set()
     for t in trials:
         if t["id"] in seen:
