@@ -399,6 +399,12 @@ def _has(overrides: list[str], key: str) -> bool:
 def expand(experiment: Experiment) -> list[dict]:
     """One trial per (method, task, seed), seed-major (all of seed 0 first), the costliest first within a
     seed (:func:`trial_cost`); ids ``<method>__<task>__s<seed>``."""
+    return [t for _, t in expand_costed(experiment)]
+
+
+def expand_costed(experiment: Experiment) -> list[tuple[int, dict]]:
+    """:func:`expand`'s trials in the same order, each with its :func:`trial_cost` (not in the trial
+    record, so that sweep directories written before the cost existed still resume)."""
     ranked = []  # (cost, trial)
     for method in experiment.methods:
         algo = registry.get(method["algo"])
@@ -458,13 +464,12 @@ def expand(experiment: Experiment) -> list[dict]:
     # seed-major: the first seeds of every method finish first, so a partial sweep is balanced; within a
     # seed the costliest first (stable), so that the sweep does not end with one long trial alone on a slot
     ranked.sort(key=lambda ct: (experiment.seeds.index(ct[1]["seed"]), -ct[0]))
-    trials = [t for _, t in ranked]
     seen = set()
-    for t in trials:
+    for _, t in ranked:
         if t["id"] in seen:
             raise UserError(f"{experiment.file}: two trials get the id {t['id']}; make the labels differ")
         seen.add(t["id"])
-    return trials
+    return ranked
 
 
 def used_datasets(experiment: Experiment, trials: list[dict]) -> list[str]:

@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 from coworld.errors import MissingDependency, UserError
-from coworld.run.experiment import Experiment, expand, load_experiment, make_scripted, missing_datasets
+from coworld.run.experiment import Experiment, expand, expand_costed, load_experiment, make_scripted, missing_datasets
 
 RAY_HINT = "pip install 'coworld[ray]'"
 DONE = "done.json"
@@ -143,25 +143,37 @@ def write_sweep(experiment: Experiment, trials: list[dict], out: Path, variant: 
 
 
 class Progress:
-    """done / running / failed / pending, and an ETA from the finished trials' wall times."""
+    """done / running / failed / pending, and an ETA for the trials not finished.
 
-    def __init__(self, total: int, slots: int, out: Path, trials: list[dict]):
-        self.total, self.slots, self.out = total, max(1, slots), out
+    A trial's expected wall time is its cost (gradient updates, :func:`trial_cost`) times the seconds per
+    unit of cost of its method's finished trials, or of all finished trials while its method has none;
+    per method, because a model-free update costs far less than a world-model one. The running trials
+    are taken to be the first unfinished ones in sweep order, half done."""
+
+    def __init__(self, slots: int, out: Path, trials: list[dict], costs: dict[str, int]):
+        self.slots, self.trials, self.costs = max(1, slots), trials, costs
         self.start = time.time()
-        self.walls = [json.loads((run_dir(out, t) / DONE).read_text()).get("wall_s", 0.0)
-                      for t in trials if is_done(out, t)]
+        self.walls = {t["id"]: json.loads((run_dir(out, t) / DONE).read_text()).get("wall_s", 0.0)
+                      for t in trials if is_done(out, t)}
 
     def finished(self, record: dict) -> None:
-        self.walls.append(float(record.get("wall_s", 0.0)))
+        self.walls[record["id"]] = float(record.get("wall_s", 0.0))
 
-    def line(self, done: int, running: int, failed: int) -> str:
-        pending = self.total - done - running - failed
-        text = (f"[sweep {time.time() - self.start:6.0f}s] done {done}/{self.total}, running {running}, "
-                f"failed {failed}, pending {pending}")
-        if self.walls and (pending or running):
-            mean = sum(self.walls) / len(self.walls)
-            eta = mean * (pending + 0.5 * running) / self.slots
-            text += f"; ETA ~{_duration(eta)} (mean trial {_duration(mean)}, {self.slots} at a time)"
+    def _rate(self, method: str | None) -> float:
+        done = [t for t in self.trials if t["id"] in self.walls and method in (None, t["method"])]
+        return sum(self.walls[t["id"]] for t in done) / max(sum(self.costs[t["id"]] for t in done), 1)
+
+    def line(self, done: int, running: int, failed: dict[str, str]) -> str:
+        total = len(self.trials)
+        pending = total - done - running - len(failed)
+        text = (f"[sweep {time.time() - self.start:6.0f}s] done {done}/{total}, running {running}, "
+                f"failed {len(failed)}, pending {pending}")
+        left = [t for t in self.trials if t["id"] not in self.walls and t["id"] not in failed]
+        if self.walls and left:
+            overall, seen = self._rate(None), {t["method"] for t in self.trials if t["id"] in self.walls}
+            est = [self.costs[t["id"]] * (self._rate(t["method"]) if t["method"] in seen else overall) for t in left]
+            eta = (sum(est) - 0.5 * sum(est[:running])) / self.slots
+            text += f"; ETA ~{_duration(eta)} ({self.slots} at a time)"
         return text
 
 
@@ -182,16 +194,16 @@ def _ray():
     return ray
 
 
-def run_local(trials: list[dict], out: Path) -> dict:
+def run_local(trials: list[dict], out: Path, costs: dict[str, int]) -> dict:
     """One trial after another in this process; the progress line comes before each trial (a trial's
     own progress is in its stdout.log)."""
-    progress = Progress(len(trials), 1, out, trials)
+    progress = Progress(1, out, trials, costs)
     done = sum(is_done(out, t) for t in trials)
     failed: dict[str, str] = {}
     for t in trials:
         if is_done(out, t):
             continue
-        print(progress.line(done, 1, len(failed)) + f"; now {t['id']}", flush=True)
+        print(progress.line(done, 1, failed) + f"; now {t['id']}", flush=True)
         try:
             record = run_trial(t, str(out))
         except TrialStopped as exc:
@@ -208,7 +220,7 @@ def run_local(trials: list[dict], out: Path) -> dict:
         done += 1
         progress.finished(record)
         print(f"finished {t['id']} in {_duration(record['wall_s'])}", flush=True)
-    print(progress.line(done, 0, len(failed)), flush=True)
+    print(progress.line(done, 0, failed), flush=True)
     return {"done": done, "failed": failed}
 
 
@@ -239,7 +251,8 @@ def _running(out: Path, trials: list[dict], since: float, local: bool) -> int:
     return count
 
 
-def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int, local: bool = True) -> dict:
+def run_ray(ray, trials: list[dict], out: Path, costs: dict[str, int], every: float, retries: int,
+            local: bool = True) -> dict:
     """One Ray task per unfinished trial; a worker that dies is retried (``retries`` times) and resumes."""
     task = ray.remote(run_trial)
     have = ray.cluster_resources()
@@ -253,7 +266,7 @@ def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int, loca
     if need_gpus:
         slots = min(slots, int(have.get("GPU", 0) // need_gpus))
     slots = max(1, slots)
-    progress = Progress(len(trials), slots, out, trials)
+    progress = Progress(slots, out, trials, costs)
     done = sum(is_done(out, t) for t in trials)
     refs = {}
     for t in trials:
@@ -264,7 +277,7 @@ def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int, loca
         refs[task.options(**opts).remote(t, str(out.resolve()))] = t
     failed: dict[str, str] = {}
     start, last = time.time(), time.time()
-    print(progress.line(done, 0, 0), flush=True)
+    print(progress.line(done, 0, {}), flush=True)
     while refs:
         ready, _ = ray.wait(list(refs), num_returns=1, timeout=1.0)
         for ref in ready:
@@ -281,8 +294,8 @@ def run_ray(ray, trials: list[dict], out: Path, every: float, retries: int, loca
             print(f"finished {t['id']} in {_duration(record['wall_s'])} on {record.get('host')}", flush=True)
         if time.time() - last >= every and refs:
             last = time.time()
-            print(progress.line(done, _running(out, list(refs.values()), start, local), len(failed)), flush=True)
-    print(progress.line(done, 0, len(failed)), flush=True)
+            print(progress.line(done, _running(out, list(refs.values()), start, local), failed), flush=True)
+    print(progress.line(done, 0, failed), flush=True)
     return {"done": done, "failed": failed}
 
 
@@ -291,7 +304,8 @@ def run_sweep(experiment: Experiment, out, *, backend: str = "auto", address: st
     """Make the scripted datasets, write the sweep directory, run the unfinished trials.
     Returns ``{"trials", "done", "failed": {id: error}, "backend"}``."""
     out = Path(out)
-    trials = expand(experiment)
+    costed = expand_costed(experiment)
+    trials, costs = [t for _, t in costed], {t["id"]: c for c, t in costed}
     make_scripted(experiment, trials)
     write_sweep(experiment, trials, out, variant)
     todo = [t for t in trials if not is_done(out, t)]
@@ -306,7 +320,7 @@ def run_sweep(experiment: Experiment, out, *, backend: str = "auto", address: st
         if backend == "auto":
             print(f"note: ray is not installed, so the trials run one after another in this process; "
                   f"{RAY_HINT} to run them in parallel or on a cluster", flush=True)
-        result = run_local(trials, out)
+        result = run_local(trials, out, costs)
     else:
         started = False
         if not ray.is_initialized():
@@ -316,7 +330,7 @@ def run_sweep(experiment: Experiment, out, *, backend: str = "auto", address: st
                 ray.init(num_cpus=num_cpus, include_dashboard=False)
             started = True
         try:
-            result = run_ray(ray, trials, out, every, retries, local=not address)
+            result = run_ray(ray, trials, out, costs, every, retries, local=not address)
         finally:
             if started:
                 ray.shutdown()

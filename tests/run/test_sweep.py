@@ -65,14 +65,23 @@ def test_bad_retries_is_one_clear_error(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_progress_line_counts_and_eta(tmp_path):
-    p = sweep.Progress(total=10, slots=2, out=tmp_path, trials=[])
-    assert "ETA" not in p.line(0, 2, 0)  # nothing finished: no estimate yet
-    p.finished({"wall_s": 100.0})
-    p.finished({"wall_s": 300.0})
-    line = p.line(done=2, running=2, failed=1)
-    assert "done 2/10, running 2, failed 1, pending 5" in line
-    assert "ETA ~10m (mean trial 3m, 2 at a time)" in line  # 200 s * (5 + 0.5 * 2) / 2 = 600 s
+def test_progress_eta_weighs_each_trial_by_its_cost_and_its_methods_rate(tmp_path):
+    trials = [{"id": i, "method": i[0]} for i in ("A0", "B0", "A1", "B1", "A2", "B2", "C0")]
+    costs = {"A0": 100, "A1": 100, "A2": 100, "B0": 1000, "B1": 1000, "B2": 1000, "C0": 110}
+    p = sweep.Progress(slots=2, out=tmp_path, trials=trials, costs=costs)
+    assert "ETA" not in p.line(0, 2, {})  # nothing finished: no estimate yet
+    p.finished({"id": "A0", "wall_s": 20.0})  # method A: 0.2 s per unit of cost
+    p.finished({"id": "B0", "wall_s": 50.0})  # method B: 0.05 s per unit
+    line = p.line(done=2, running=2, failed={})
+    assert "done 2/7, running 2, failed 0, pending 3" in line
+    # A1 20 + B1 50 (running: half) + A2 20 + B2 50 + C0 110 * (70 / 1100) = 7 (no C finished: the overall
+    # rate); (147 - 35) / 2 slots = 56 s
+    assert "ETA ~56s (2 at a time)" in line
+    line = p.line(done=2, running=2, failed={"B2": "boom"})  # a failed trial is not waited for
+    assert "failed 1, pending 2" in line and "ETA ~31s" in line  # (97 - 35) / 2
+    for i in ("A1", "B1", "A2", "B2", "C0"):
+        p.finished({"id": i, "wall_s": 1.0})
+    assert "ETA" not in p.line(7, 0, {})
 
 
 @pytest.mark.slow
