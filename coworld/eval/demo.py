@@ -32,7 +32,8 @@ from coworld.run.session import free_cores
 TARGET_ENV = "builtin:reach"
 SOURCE_ENV = "builtin:reach-src"
 
-# The budget, chosen so that the whole job fits in ~15 minutes on 2 CPU cores.
+# The budget: 0.4 times it, only Offline DV2 learned (5 seeds; docs/results.md, "Can the demo run 5 seeds").
+# The 2-seed job takes about 16 min on 2 idle AVX-512 cores (estimated), 20-23 min on 2 AVX2 cores (measured).
 DEFAULTS = {
     "episodes": 30,  # target dataset size: 30 episodes x 100 steps of medium-replay data
     "level": "medium-replay",
@@ -272,7 +273,7 @@ def reference_returns(data: Path, episodes: int = 100) -> dict[str, float]:
 
 def register(sub, groups=None) -> None:
     p = sub.add_parser("demo", help="the embedded default job: CoWorld vs Offline DV2 vs DV2 Finetune "
-                       "on the built-in suite (no download; ~15 min on 2 CPU cores)")
+                       "on the built-in suite (no download; 16-23 min on 2 CPU cores)")
     p.add_argument("--out", default="runs/demo", help="where the runs and results go")
     p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"])
     p.add_argument("--episodes", type=int, default=DEFAULTS["episodes"], help="target dataset episodes")
