@@ -32,7 +32,8 @@ from coworld.run.session import free_cores
 TARGET_ENV = "builtin:reach"
 SOURCE_ENV = "builtin:reach-src"
 
-# The budget: 0.4 times it, only Offline DV2 learned (5 seeds; docs/results.md, "Can the demo run 5 seeds").
+# The budget: every method learns at it; at 0.4 times it only Offline DV2 did (5 seeds; docs/results.md, "Can the
+# demo run 5 seeds").
 # The 2-seed job takes about 16 min on 2 idle AVX-512 cores (estimated), 20-23 min on 2 AVX2 cores (measured).
 DEFAULTS = {
     "episodes": 30,  # target dataset size: 30 episodes x 100 steps of medium-replay data
