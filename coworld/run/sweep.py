@@ -159,10 +159,6 @@ class Progress:
     def finished(self, record: dict) -> None:
         self.walls[record["id"]] = float(record.get("wall_s", 0.0))
 
-    def _rate(self, method: str | None) -> float:
-        done = [t for t in self.trials if t["id"] in self.walls and method in (None, t["method"])]
-        return sum(self.walls[t["id"]] for t in done) / max(sum(self.costs[t["id"]] for t in done), 1)
-
     def line(self, done: int, running: int, failed: dict[str, str]) -> str:
         total = len(self.trials)
         pending = total - done - running - len(failed)
@@ -170,8 +166,15 @@ class Progress:
                 f"failed {len(failed)}, pending {pending}")
         left = [t for t in self.trials if t["id"] not in self.walls and t["id"] not in failed]
         if self.walls and left:
-            overall, seen = self._rate(None), {t["method"] for t in self.trials if t["id"] in self.walls}
-            est = [self.costs[t["id"]] * (self._rate(t["method"]) if t["method"] in seen else overall) for t in left]
+            spent: dict[str | None, list[float]] = {None: [0.0, 0.0]}  # method -> [wall seconds, cost]
+            for t in self.trials:
+                if t["id"] in self.walls:
+                    for key in (None, t["method"]):
+                        acc = spent.setdefault(key, [0.0, 0.0])
+                        acc[0] += self.walls[t["id"]]
+                        acc[1] += self.costs[t["id"]]
+            rate = {key: wall / max(cost, 1) for key, (wall, cost) in spent.items()}
+            est = [self.costs[t["id"]] * rate.get(t["method"], rate[None]) for t in left]
             eta = (sum(est) - 0.5 * sum(est[:running])) / self.slots
             text += f"; ETA ~{_duration(eta)} ({self.slots} at a time)"
         return text
